@@ -1,0 +1,5 @@
+"""moe-lab: a research framework for Mixture-of-Experts language models."""
+
+from moe.types import BalanceContext, Routing
+
+__all__ = ["BalanceContext", "Routing"]

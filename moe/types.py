@@ -1,0 +1,95 @@
+"""The routing contract shared by routers, experts and balancers (see DESIGN.md, "The routing contract").
+
+Shape legend used in tensor names throughout ``moe/``:
+
+    B  batch (sequences)            S  sequence length          T  tokens = B·S (flattened)
+    D  d_model                      F  expert (or FFN) hidden   V  vocabulary
+    E  number of routed experts     K  top-k                    N  assignments (T·K for token
+    H  attention heads              G  key/value heads             choice, E·C for expert choice)
+    C  expert capacity              L  layers
+
+A router maps ``x_TD`` to one :class:`Routing`: a flat list of (token, expert, weight) assignments
+plus the dense scores. Because the list is flat, token choice, expert choice and token dropping all
+look the same to experts and balancers, which therefore never branch on the router type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Routing:
+    """One layer's routing decision for T tokens over E experts.
+
+    Attributes:
+        token_ids_N: [N] long, the token each assignment belongs to (index into T).
+        expert_ids_N: [N] long, the expert of each assignment (index into E).
+        weights_N: [N] float32, gate weight scaling that expert's output; carries the router gradient.
+        logits_TE: [T, E] float32, raw router logits (z-loss, analysis).
+        probs_TE: [T, E] float32, the scores over all experts that balance losses use
+            (softmax, or normalised sigmoid).
+        tokens_per_expert_E: [E] long, assignments actually dispatched to each expert (after dropping).
+        num_dropped: assignments dropped by a capacity limit (0 for dropless routing).
+        top_k: assignments per token the router aimed for (k of top-k; for expert choice the
+            average E·C/T). Balance losses normalise counts by k·T.
+    """
+
+    token_ids_N: torch.Tensor
+    expert_ids_N: torch.Tensor
+    weights_N: torch.Tensor
+    logits_TE: torch.Tensor
+    probs_TE: torch.Tensor
+    tokens_per_expert_E: torch.Tensor
+    num_dropped: int | torch.Tensor
+    top_k: float
+
+    @property
+    def num_tokens(self) -> int:
+        return self.logits_TE.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.logits_TE.shape[1]
+
+    def validate(self) -> None:
+        """Check the contract's shapes, dtypes and count consistency; raises ValueError naming the field."""
+        T, E = self.logits_TE.shape
+        n = self.token_ids_N.shape[0]
+        checks = {
+            "token_ids_N": (self.token_ids_N.shape == (n,) and self.token_ids_N.dtype == torch.long),
+            "expert_ids_N": (self.expert_ids_N.shape == (n,) and self.expert_ids_N.dtype == torch.long),
+            "weights_N": (self.weights_N.shape == (n,) and self.weights_N.is_floating_point()),
+            "logits_TE": self.logits_TE.dtype == torch.float32,
+            "probs_TE": (self.probs_TE.shape == (T, E) and self.probs_TE.dtype == torch.float32),
+            "tokens_per_expert_E": (
+                self.tokens_per_expert_E.shape == (E,) and self.tokens_per_expert_E.dtype == torch.long
+            ),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"Routing.{name} breaks the contract (T={T}, E={E}, N={n})")
+        if n and (int(self.token_ids_N.min()) < 0 or int(self.token_ids_N.max()) >= T):
+            raise ValueError(f"Routing.token_ids_N must lie in [0, {T})")
+        if n and (int(self.expert_ids_N.min()) < 0 or int(self.expert_ids_N.max()) >= E):
+            raise ValueError(f"Routing.expert_ids_N must lie in [0, {E})")
+        counted_E = torch.bincount(self.expert_ids_N, minlength=E)
+        if not torch.equal(counted_E.cpu(), self.tokens_per_expert_E.cpu()):
+            raise ValueError("Routing.tokens_per_expert_E must equal the bincount of expert_ids_N")
+
+
+@dataclass
+class BalanceContext:
+    """What a balancer may need beyond the routing: the layout of the T tokens.
+
+    Attributes:
+        batch_size: B, sequences in the micro-batch (T = B·S), for sequence-scope losses.
+        seq_len: S.
+        layer_index: index of the block that holds this MoE layer.
+    """
+
+    batch_size: int
+    seq_len: int
+    layer_index: int
