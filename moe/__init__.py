@@ -1,5 +1,6 @@
 """moe-lab: a research framework for Mixture-of-Experts language models."""
 
+from moe.loading import load_model
 from moe.types import BalanceContext, Routing
 
-__all__ = ["BalanceContext", "Routing"]
+__all__ = ["BalanceContext", "Routing", "load_model"]

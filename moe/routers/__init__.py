@@ -1,0 +1,5 @@
+"""Routers: map tokens x_TD to a :class:`moe.types.Routing`. One file per router family."""
+
+from moe.routers.top_k import TopKRouter
+
+__all__ = ["TopKRouter"]

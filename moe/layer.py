@@ -1,0 +1,67 @@
+"""MoELayer = router + routed experts (+ optional shared expert) + balancers (DESIGN.md).
+
+    y_t = Σ_{(t, e, w) ∈ routing} w · Expert_e(x_t)  [+ SharedExpert(x_t)]
+
+The layer flattens [B, S, D] to T = B·S tokens, asks the router for a :class:`Routing`, lets the
+experts dispatch it, and asks each balancer for its (unscaled) loss. It returns the output together
+with a :class:`LayerAux` so the model can add ``coeff × loss`` to the objective and log everything
+per layer without any global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from moe.balance.base import Balancer
+from moe.types import BalanceContext, Routing
+
+
+@dataclass
+class LayerAux:
+    """What one MoE layer reports for one forward: the routing and each balancer's unscaled loss."""
+
+    routing: Routing
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    coeffs: dict[str, float] = field(default_factory=dict)
+
+
+class MoELayer(nn.Module):
+    def __init__(
+        self,
+        *,
+        router: nn.Module,
+        experts: nn.Module,
+        balancers: Mapping[str, Balancer] | None = None,
+        shared_expert: nn.Module | None = None,
+        layer_index: int = 0,
+    ):
+        super().__init__()
+        self.router = router
+        self.experts = experts
+        self.balancers = nn.ModuleDict(dict(balancers or {}))
+        self.shared_expert = shared_expert
+        self.layer_index = layer_index
+
+    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, LayerAux]:
+        B, S, D = x_BSD.shape
+        x_TD = x_BSD.reshape(B * S, D)
+        routing = self.router(x_TD)
+        y_TD = self.experts(x_TD, routing)
+        if self.shared_expert is not None:
+            y_TD = y_TD + self.shared_expert(x_TD)
+        ctx = BalanceContext(batch_size=B, seq_len=S, layer_index=self.layer_index)
+        aux = LayerAux(routing=routing)
+        for name, balancer in self.balancers.items():
+            loss = balancer.loss(routing, ctx)
+            if loss is not None:
+                aux.losses[name] = loss
+                aux.coeffs[name] = balancer.coeff
+        return y_TD.view(B, S, D), aux
+
+    def on_optimizer_step(self) -> None:
+        for balancer in self.balancers.values():
+            balancer.on_optimizer_step()

@@ -1,0 +1,76 @@
+"""Causal grouped-query self-attention (Ainslie et al. 2305.13245) with rotary position embeddings
+(RoPE, Su et al. 2104.09864) and optional QK-norm (RMSNorm over each head's queries and keys,
+as in OLMoE / Qwen3).
+
+H query heads share G = n_kv_heads key/value heads (H % G == 0); G = H is multi-head attention,
+G = 1 multi-query attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [S, head_dim/2] for rotating (even, odd) halves of each head."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles_SR = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles_SR.cos(), angles_SR.sin()
+
+
+def apply_rope(x_BHSd: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the head dimension (the "rotate_half" convention of Llama/HF)."""
+    x1, x2 = x_BHSd.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos_SR - x2 * sin_SR, x2 * cos_SR + x1 * sin_SR), dim=-1)
+    return rotated.to(x_BHSd.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        max_seq_len: int,
+        rope_theta: float = 10000.0,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"model.n_heads={n_heads} is not divisible by model.n_kv_heads={n_kv_heads}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim = d_model/n_heads = {self.head_dim} must be even for RoPE")
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        cos_SR, sin_SR = rope_cos_sin(max_seq_len, self.head_dim, rope_theta)
+        # not persistent: derived from the config, so checkpoints stay free of them
+        self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
+        self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        B, S, _ = x_BSD.shape
+        if S > self.rope_cos_SR.shape[0]:
+            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.rope_cos_SR.shape[0]}")
+        q_BHSd = self.q_proj(x_BSD).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BGSd, v_BGSd = (
+            self.kv_proj(x_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        if self.q_norm is not None:
+            q_BHSd, k_BGSd = self.q_norm(q_BHSd), self.k_norm(k_BGSd)
+        cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
+        q_BHSd, k_BGSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BGSd, cos_SR, sin_SR)
+        out_BHSd = F.scaled_dot_product_attention(
+            q_BHSd, k_BGSd, v_BGSd, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.o_proj(out_BHSd.transpose(1, 2).reshape(B, S, -1))

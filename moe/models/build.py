@@ -1,0 +1,25 @@
+"""Build a model from the resolved run config (the ``model``, ``router``, ``experts`` and ``balance``
+nodes of ``config.yaml``) — shared by training and :func:`moe.load_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from moe.spec import instantiate
+
+
+def build_model(config: Mapping[str, Any]) -> nn.Module:
+    model_cfg = config["model"]
+    if int(model_cfg.get("num_experts", 0)) == 0:
+        return instantiate(model_cfg, "model")
+    balance_cfg = config.get("balance") or {}
+    return instantiate(
+        model_cfg,
+        "model",
+        router=instantiate(config["router"], "router"),
+        experts=instantiate(config["experts"], "experts"),
+        balancers={name: instantiate(spec, f"balance.{name}") for name, spec in balance_cfg.items()},
+    )

@@ -1,0 +1,28 @@
+"""Layer patterns: which decoder blocks hold an MoE layer instead of a dense FFN.
+
+Three ways to say it, as in the literature's models:
+- every n-th block (Switch / GShard use every other block: ``every=2``; Mixtral ``every=1``),
+- the first k blocks stay dense (DeepSeek-MoE ``first_k_dense_replace``),
+- an explicit list of block indices (overrides the two above).
+With every n-th, the MoE blocks are those with (i - first_dense) % every == every - 1, so ``every=2``
+makes blocks 1, 3, 5, … MoE (the GShard convention of a dense block first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def moe_block_indices(
+    *, n_layers: int, every: int = 1, first_dense: int = 0, layers: Sequence[int] | None = None
+) -> list[int]:
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= int(i) < n_layers]
+        if bad:
+            raise ValueError(f"model.moe_layers={list(layers)} has indices outside [0, n_layers={n_layers}): {bad}")
+        return sorted({int(i) for i in layers})
+    if every < 1:
+        raise ValueError(f"model.moe_every={every} must be >= 1")
+    if not 0 <= first_dense <= n_layers:
+        raise ValueError(f"model.moe_first_dense={first_dense} must lie in [0, n_layers={n_layers}]")
+    return [i for i in range(first_dense, n_layers) if (i - first_dense) % every == every - 1]

@@ -1,0 +1,46 @@
+"""AdamW with decoupled weight decay on matrices only, and a linear-warmup + cosine LR schedule.
+
+lr(s) = lr · s / warmup                                              for s < warmup
+lr(s) = lr · (r + (1 − r) · ½ (1 + cos(π · (s − warmup) / (max_steps − warmup))))   afterwards,
+with r = ``min_lr_ratio``; s counts optimizer steps (not micro-steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    if lr <= 0:
+        raise ValueError(f"optim.lr={lr} must be > 0")
+    # norms and other vectors are not decayed (decay would pull RMSNorm gains towards 0)
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):
+    """The LR multiplier as a function of the optimizer step (for ``LambdaLR``)."""
+    if not 0 <= warmup_steps <= max_steps:
+        raise ValueError(f"optim.warmup_steps={warmup_steps} must lie in [0, trainer.max_steps={max_steps}]")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier

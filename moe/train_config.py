@@ -1,0 +1,75 @@
+"""Typed, validated views of the ``trainer`` and ``optim`` config nodes.
+
+Hydra already rejects unknown keys on the command line; these dataclasses check the *values* (and
+unknown keys when ``moe.training.run`` is called with a plain dict) at build time, before any file of
+the run is written, with messages that name the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def from_mapping(cls, values: dict[str, Any], node: str):
+    """``cls(**values)`` with a clear error for unknown keys."""
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{node}: unknown option(s) {unknown}; allowed: {allowed}")
+    return cls(**values)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 400
+    batch_size: int = 8  # sequences per micro-batch per process
+    grad_accum_steps: int = 1
+    mixed_precision: str = "no"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_sequences_per_domain: int = 32
+    save_every: int = 200
+    keep_last: int = 2
+    resume: bool = False
+    seed: int = 0
+    cpu: bool = False  # train on the CPU even when an accelerator is present
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
+                     "eval_sequences_per_domain", "save_every"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"trainer.{name}={value!r} must be an integer >= 1")
+        _require(self.keep_last >= 0, f"trainer.keep_last={self.keep_last} must be >= 0 (0 keeps all)")
+        _require(
+            self.mixed_precision in MIXED_PRECISION,
+            f"trainer.mixed_precision={self.mixed_precision!r} is not one of {MIXED_PRECISION}",
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _require(self.lr > 0, f"optim.lr={self.lr} must be > 0")
+        _require(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        _require(self.grad_clip >= 0, f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables)")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps={self.warmup_steps} must be >= 0")

@@ -1,0 +1,278 @@
+"""The training loop: accelerate, gradient accumulation, eval, metrics.jsonl, atomic checkpoints, resume.
+
+``run(config)`` takes the resolved run config (a plain dict; ``train.py`` composes it with Hydra).
+Everything that can be wrong with the config is built and checked before the run directory is
+touched. Every per-optimizer-step action — the optimizer, the LR schedule, balancer bias updates,
+logging, eval and checkpoints — happens only when ``accelerator.sync_gradients`` is true.
+
+Resume (``trainer.resume=true``) restores weights, optimizer, scheduler and RNG states from the
+latest checkpoint of ``run_dir`` and continues at its micro-step, so the losses after resuming equal
+those of an uninterrupted run. SIGINT/SIGTERM finish the current optimizer step, save a checkpoint
+and return.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import save_model
+from tqdm.auto import tqdm
+
+from moe.batches import MicroBatchSchedule
+from moe.checkpoint import (
+    begin_checkpoint,
+    commit_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    read_meta,
+    write_config,
+    write_text_atomic,
+)
+from moe.evaluation import eval_indices, evaluate
+from moe.metrics import load_stats
+from moe.models.build import build_model
+from moe.optim import build_optimizer, warmup_cosine
+from moe.spec import instantiate
+from moe.train_config import OptimConfig, TrainerConfig, from_mapping
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks; a second one interrupts at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): keep default handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class MetricWindow:
+    """Sums of per-micro-step values between two log steps."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.loads: dict[int, torch.Tensor] = {}
+        self.micro_steps = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, out, tokens: int) -> None:
+        self.micro_steps += 1
+        self.tokens += tokens
+        values = {"loss": out.loss, "lm_loss": out.lm_loss, "aux_loss": out.aux_loss}
+        for key, loss in out.aux_losses.items():
+            values[key] = loss
+            values[f"{key}_scaled"] = out.aux_coeffs[key] * loss
+        for key, value in values.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        for layer, aux in out.layer_aux.items():
+            self.loads[layer] = self.loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
+            self.sums[f"layer{layer}/dropped"] = self.sums.get(f"layer{layer}/dropped", 0.0) + float(
+                aux.routing.num_dropped
+            )
+
+    def summary(self) -> dict[str, float]:
+        metrics = {key: value / max(1, self.micro_steps) for key, value in self.sums.items()}
+        for layer, load_E in sorted(self.loads.items()):
+            for stat, value in load_stats(load_E).items():
+                metrics[f"layer{layer}/{stat}"] = value
+        if self.loads:
+            for stat in ("max_vio", "load_entropy", "dead_experts"):
+                layer_values = [metrics[f"layer{layer}/{stat}"] for layer in self.loads]
+                metrics[f"moe/{stat}"] = sum(layer_values) / len(layer_values)
+        return metrics
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, after checking the run directory fits the request."""
+    existing = latest_checkpoint(run_dir)
+    if resume and existing is None:
+        raise FileNotFoundError(
+            f"trainer.resume=true but {run_dir} holds no checkpoint (looked in {run_dir / 'checkpoints'})"
+        )
+    if not resume and existing is not None:
+        raise FileExistsError(
+            f"run_dir={run_dir} already holds checkpoints ({existing.name}); pass trainer.resume=true to "
+            f"continue it, or choose another run_dir"
+        )
+    return existing
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they will be logged again)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json)."""
+    trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
+    optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
+    run_dir = Path(config["run_dir"])
+    resume_from = _prepare_run_dir(run_dir, trainer.resume)
+    if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
+        raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
+
+    set_seed(trainer.seed)
+    data = instantiate(config["data"], "data")
+    model = build_model(config)
+    if model.vocab_size < data.vocab_size:
+        raise ValueError(f"model.vocab_size={model.vocab_size} < the tokenizer's vocab_size={data.vocab_size}")
+    if data.train.input_ids.shape[1] - 1 > model.max_seq_len:
+        raise ValueError(f"data sequences of {data.train.input_ids.shape[1] - 1} tokens exceed "
+                         f"model.max_seq_len={model.max_seq_len}")
+    optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
+                                eps=optim.eps)
+    schedule = warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=trainer.max_steps,
+                             min_lr_ratio=optim.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.cpu,
+                              gradient_accumulation_steps=trainer.grad_accum_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # stepped by hand once per optimizer step (accelerate would step it once per process)
+    accelerator.register_for_checkpointing(scheduler)
+    batches = MicroBatchSchedule(num_sequences=len(data.train), batch_size=trainer.batch_size,
+                                 seed=trainer.seed, num_processes=accelerator.num_processes,
+                                 process_index=accelerator.process_index)
+    make_logger = instantiate(config["logger"], "logger")
+
+    metrics_path = run_dir / "metrics.jsonl"
+    step, micro_step = 0, 0
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir / "config.yaml", config)
+    logger = make_logger(run_dir=str(run_dir), config=config)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "accelerate"))
+        meta = read_meta(resume_from)
+        step, micro_step = meta["step"], meta["micro_step"]
+        if accelerator.is_main_process:
+            _truncate_metrics(metrics_path, step)
+    accelerator.wait_for_everyone()
+
+    raw_model = accelerator.unwrap_model(model)
+    val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)
+    val_inputs, val_domains = data.val.input_ids[val_ids], data.val.domain_ids[val_ids]
+    tokens_per_micro_step = trainer.batch_size * (data.train.input_ids.shape[1] - 1) * accelerator.num_processes
+
+    def run_eval() -> dict[str, float]:
+        return evaluate(model, val_inputs, val_domains, data.domains, batch_size=trainer.batch_size,
+                        device=accelerator.device, autocast=accelerator.autocast)
+
+    def save_checkpoint(last_metrics: dict[str, float]) -> None:
+        accelerator.wait_for_everyone()
+        tmp = final = None
+        if accelerator.is_main_process:
+            tmp, final = begin_checkpoint(run_dir, step)
+        tmp = Path(broadcast_object_list([str(tmp)])[0])  # every rank saves its RNG state there
+        accelerator.save_state(str(tmp / "accelerate"), safe_serialization=False)
+        if accelerator.is_main_process:
+            save_model(raw_model, str(tmp / "model.safetensors"))
+            write_config(tmp / "config.yaml", config)
+            meta = {"step": step, "micro_step": micro_step, "tokens_seen": micro_step * tokens_per_micro_step,
+                    "metrics": last_metrics, "torch": torch.__version__, "python": platform.python_version()}
+            commit_checkpoint(tmp, final, meta, trainer.keep_last)
+        accelerator.wait_for_everyone()
+
+    window, record, val_metrics = MetricWindow(), {}, {}
+    total_micro_steps = trainer.max_steps * trainer.grad_accum_steps
+    progress = tqdm(total=trainer.max_steps, initial=step, desc="train", dynamic_ncols=True,
+                    disable=not (trainer.progress and accelerator.is_local_main_process))
+    model.train()
+    with StopRequest() as stop:
+        while micro_step < total_micro_steps:
+            batch = data.train.input_ids[batches.indices(micro_step)].to(accelerator.device)
+            with accelerator.accumulate(model):
+                out = model(batch[:, :-1], batch[:, 1:])
+                accelerator.backward(out.loss)
+                grad_norm = None
+                if accelerator.sync_gradients and optim.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            window.add(out, tokens_per_micro_step)
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            raw_model.on_optimizer_step()
+            step += 1
+            progress.update(1)
+            eval_now = step % trainer.eval_every == 0 or step == trainer.max_steps
+            if step % trainer.log_every == 0 or eval_now or stop.signal_name:
+                elapsed = time.perf_counter() - window.started
+                record = {"step": step, "tokens_seen": micro_step * tokens_per_micro_step,
+                          "lr": scheduler.get_last_lr()[0], "tokens_per_s": window.tokens / max(elapsed, 1e-9),
+                          **window.summary()}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if eval_now:
+                    val_metrics = run_eval()
+                    record.update(val_metrics)
+                if accelerator.is_main_process:
+                    _append_metrics(metrics_path, record)
+                    logger.log(record, step)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+                window = MetricWindow()
+            if step % trainer.save_every == 0 or step == trainer.max_steps or stop.signal_name:
+                save_checkpoint(record)
+            if stop.signal_name:
+                break
+    progress.close()
+    logger.finish()
+
+    summary = {
+        "run_dir": str(run_dir), "step": step, "max_steps": trainer.max_steps,
+        "interrupted_by": stop.signal_name, "train_loss": record.get("lm_loss"),
+        "val_loss": val_metrics.get("val/loss"), "unigram_entropy": data.unigram_entropy,
+        "tokens_per_s": record.get("tokens_per_s"),
+        "val_domain_losses": {k: v for k, v in val_metrics.items() if k.count("/") == 2 and k.endswith("/loss")},
+        "checkpoints": [p.name for p in list_checkpoints(run_dir)],
+    }
+    if accelerator.is_main_process:
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    state = f"stopped by {summary['interrupted_by']} at" if summary["interrupted_by"] else "finished"
+    domains = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in summary["val_domain_losses"].items())
+    return (
+        f"moe-lab: {state} step {summary['step']}/{summary['max_steps']} | val loss {fmt(summary['val_loss'])} "
+        f"nats/token ({domains}) vs unigram entropy {fmt(summary['unigram_entropy'])} | train lm loss "
+        f"{fmt(summary['train_loss'])} | {summary['tokens_per_s'] or 0:.0f} tokens/s | {summary['run_dir']}"
+    )

@@ -1,0 +1,65 @@
+"""Every option of every config group composes with the rest and builds; bad values fail early."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import group_files
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from moe.models.build import build_model
+from moe.spec import instantiate
+
+GROUP_OPTIONS = [
+    (group, path.stem)
+    for group in ("model", "router", "experts", "balance", "optim", "trainer", "logger", "experiment")
+    for path in group_files(group)
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_option_composes_and_builds(group, option, smoke):
+    config = smoke(f"{group}={option}")
+    model = build_model(config)
+    assert model.vocab_size == config["model"]["vocab_size"]
+    instantiate(config["logger"], "logger")  # a partial: checks the target and its keywords
+    if group == "experiment":
+        return
+    if group == "model":
+        assert bool(model.moe_layers) == (config["model"]["num_experts"] > 0)
+
+
+def test_balancers_combine_and_none_leaves_none(smoke):
+    both = build_model(smoke("balance=[switch_aux,z_loss]"))
+    assert sorted(both.moe_layers[0].balancers) == ["switch_aux", "z_loss"]
+    assert len(build_model(smoke("balance=none")).moe_layers[0].balancers) == 0
+
+
+def test_command_line_swaps_reach_the_model(smoke):
+    model = build_model(smoke("router.top_k=1", "experts=loop", "model.num_experts=4", "model.moe_every=2"))
+    layer = model.moe_layers[0]
+    assert layer.router.top_k == 1 and type(layer.experts).__name__ == "LoopExperts"
+    assert model.moe_indices == [1]
+
+
+def test_unknown_group_option_lists_the_available_ones(smoke):
+    with pytest.raises(MissingConfigException, match="top_k"):
+        smoke("router=nonexistent")
+
+
+def test_unknown_key_is_rejected(smoke):
+    with pytest.raises(ConfigCompositionException, match="topk"):
+        smoke("router.topk=1")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("router.top_k=9", "top_k=9 > num_experts=8"),
+        ("model.n_heads=5", "d_model=64 is not divisible by model.n_heads=5"),
+        ("router.order=sideways", "router.order='sideways' is not one of"),
+        ("model.moe_layers=[7]", "outside"),
+    ],
+)
+def test_bad_values_fail_at_build_time(smoke, override, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(smoke(override))

@@ -1,0 +1,77 @@
+"""Bad runs stop at build time with a message naming the field, and never touch existing checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moe.checkpoint import list_checkpoints
+from moe.training import run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_resume_without_a_checkpoint(smoke, tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainer.resume=true but .* holds no checkpoint"):
+        run(smoke("trainer.resume=true"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_file_names_the_path(smoke, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        run(smoke("data=hf", "data.path=json", f"data.data_files={missing}"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.mixed_precision=fp8", "trainer.mixed_precision='fp8' is not one of"),
+        ("trainer.max_steps=0", "trainer.max_steps=0 must be an integer >= 1"),
+        ("optim.lr=-1", "optim.lr=-1"),
+        ("optim.warmup_steps=100", "optim.warmup_steps=100 must lie in"),
+        ("trainer.batch_size=100000", "trainer.batch_size=100000 exceeds"),
+    ],
+)
+def test_bad_trainer_values(smoke, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run(smoke(override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_checkpoints_survive_a_rerun_and_a_failed_resume(smoke, tmp_path):
+    run(smoke("trainer.max_steps=3", "trainer.save_every=3"))
+    run_dir = tmp_path / "run"
+    (checkpoint,) = list_checkpoints(run_dir)
+    before = {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        run(smoke("trainer.max_steps=3"))
+    with pytest.raises(ValueError, match="top_k=9"):
+        run(smoke("trainer.resume=true", "router.top_k=9"))
+    assert list_checkpoints(run_dir) == [checkpoint]
+    assert {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()} == before
+
+
+def test_sigint_saves_a_checkpoint_before_exiting(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(REPO / "train.py"), "experiment=smoke", "trainer.progress=false",
+            f"data.cache_dir={data_cache}", f"run_dir={run_dir}", "trainer.save_every=100000",
+            "trainer.log_every=1"]
+    proc = subprocess.Popen([*args, "trainer.max_steps=100000"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "stopped by SIGINT" in output
+    (checkpoint,) = list_checkpoints(run_dir)
+    assert int(checkpoint.name.split("_")[1]) >= 1
