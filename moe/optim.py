@@ -32,8 +32,9 @@ def build_optimizer(
 
 def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):
     """The LR multiplier as a function of the optimizer step (for ``LambdaLR``)."""
-    if not 0 <= warmup_steps <= max_steps:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must lie in [0, trainer.max_steps={max_steps}]")
+    # warmup_steps > max_steps is allowed: a short run then simply ends before the peak LR
+    if warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={warmup_steps} must be >= 0")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"optim.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
 

@@ -72,4 +72,3 @@ class OptimConfig:
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
         _require(self.grad_clip >= 0, f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables)")
-        _require(self.warmup_steps >= 0, f"optim.warmup_steps={self.warmup_steps} must be >= 0")

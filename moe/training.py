@@ -138,6 +138,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json)."""
     trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
+    schedule = warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=trainer.max_steps,
+                             min_lr_ratio=optim.min_lr_ratio)
     run_dir = Path(config["run_dir"])
     resume_from = _prepare_run_dir(run_dir, trainer.resume)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
@@ -153,8 +155,6 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
                          f"model.max_seq_len={model.max_seq_len}")
     optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
                                 eps=optim.eps)
-    schedule = warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=trainer.max_steps,
-                             min_lr_ratio=optim.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.cpu,
                               gradient_accumulation_steps=trainer.grad_accum_steps)

@@ -67,7 +67,9 @@ class Attention(nn.Module):
             self.kv_proj(x_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         )
         if self.q_norm is not None:
-            q_BHSd, k_BGSd = self.q_norm(q_BHSd), self.k_norm(k_BGSd)
+            # in float32: under bf16 autocast the projections are bf16 while the norm gains stay fp32
+            q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
+            k_BGSd = self.k_norm(k_BGSd.float()).to(k_BGSd.dtype)
         cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
         q_BHSd, k_BGSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BGSd, cos_SR, sin_SR)
         out_BHSd = F.scaled_dot_product_attention(
