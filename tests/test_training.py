@@ -60,3 +60,13 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(smoke, tmp_path):
     assert [r["step"] for r in resumed] == list(range(1, 13))
     for a, b in zip(full[6:], resumed[6:]):
         assert a["loss"] == b["loss"] and a["lr"] == b["lr"], (a["step"], a["loss"], b["loss"])
+
+
+def test_training_on_local_hf_files(smoke, tmp_path):
+    rows = [{"text": f"record {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i % 5)}
+            for i in range(200)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run(smoke("data=hf", "data.path=json", f"data.data_files={path}", "trainer.max_steps=10",
+                        f"data.cache_dir={tmp_path / 'hf'}"))
+    assert summary["step"] == 10 and list(summary["val_domain_losses"]) == ["val/corpus/loss"]

@@ -17,6 +17,7 @@ written atomically and rebuilt if unreadable.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from moe.data.packing import DataBundle, PackedDataset, pack_domains, unigram_entropy
-from moe.data.split import check_val_fraction, doc_hash, is_validation
+from moe.data.split import assign_validation, check_val_fraction, doc_hash
 from moe.data.tokenizer import ByteTokenizer
 
 DOMAINS = ("code", "prose")
@@ -65,8 +66,9 @@ def _docstrings(path: str, source: str) -> list[tuple[str, str]]:
     return found
 
 
+@functools.cache
 def collect_documents() -> dict[str, list[tuple[str, str]]]:
-    """All candidate (doc id, text) pairs per domain, before selection."""
+    """All candidate (doc id, text) pairs per domain, before selection (read once per process)."""
     from pydoc_data.topics import topics
 
     sources = _stdlib_sources()
@@ -91,9 +93,9 @@ def _build(*, seq_len: int, max_bytes_per_domain: int, val_fraction: float) -> d
     tokenizer = ByteTokenizer()
     splits: dict[str, dict[str, list[list[int]]]] = {"train": {}, "val": {}}
     for domain, documents in collect_documents().items():
-        for doc_id, data in _select(documents, max_bytes_per_domain):
-            side = "val" if is_validation(doc_id, val_fraction) else "train"
-            splits[side].setdefault(domain, []).append(list(data))
+        chosen = _select(documents, max_bytes_per_domain)
+        for (_, data), in_val in zip(chosen, assign_validation([d for d, _ in chosen], val_fraction)):
+            splits["val" if in_val else "train"].setdefault(domain, []).append(list(data))
     packed = {side: pack_domains(docs, seq_len=seq_len, eos_id=tokenizer.eos_id, domains=DOMAINS)
               for side, docs in splits.items()}
     return {

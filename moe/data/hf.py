@@ -15,7 +15,7 @@ import glob
 from pathlib import Path
 
 from moe.data.packing import DataBundle, pack_domains, unigram_entropy
-from moe.data.split import check_val_fraction, is_validation
+from moe.data.split import assign_validation, check_val_fraction
 from moe.data.tokenizer import ByteTokenizer
 
 LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
@@ -63,17 +63,16 @@ def build_hf(
         raise ValueError(f"data: {path} ({split}) has no rows")
     default_domain = name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
     tokenizer = ByteTokenizer()
-    splits: dict[str, dict[str, list[list[int]]]] = {"train": {}, "val": {}}
-    domains: list[str] = []
+    rows_by_domain: dict[str, list[tuple[str, str]]] = {}
     for i, row in enumerate(dataset):
-        text = row[text_field]
-        if not text:
-            continue
-        domain = str(row[domain_field]) if domain_field else default_domain
-        if domain not in domains:
-            domains.append(domain)
-        side = "val" if is_validation(f"row:{i}", val_fraction) else "train"
-        splits[side].setdefault(domain, []).append(tokenizer.encode(text))
+        if row[text_field]:
+            domain = str(row[domain_field]) if domain_field else default_domain
+            rows_by_domain.setdefault(domain, []).append((f"row:{i}", row[text_field]))
+    domains = list(rows_by_domain)
+    splits: dict[str, dict[str, list[list[int]]]] = {"train": {}, "val": {}}
+    for domain, rows in rows_by_domain.items():
+        for (_, text), in_val in zip(rows, assign_validation([row_id for row_id, _ in rows], val_fraction)):
+            splits["val" if in_val else "train"].setdefault(domain, []).append(tokenizer.encode(text))
     packed = {side: pack_domains(docs, seq_len=seq_len, eos_id=tokenizer.eos_id, domains=domains)
               for side, docs in splits.items()}
     for side, data in packed.items():

@@ -21,7 +21,9 @@ class PackedDataset(Dataset):
 
     def __init__(self, input_ids: torch.Tensor, domain_ids: torch.Tensor):
         if input_ids.dim() != 2 or domain_ids.shape != input_ids.shape[:1]:
-            raise ValueError(f"bad packed shapes: input_ids {tuple(input_ids.shape)}, domain_ids {tuple(domain_ids.shape)}")
+            raise ValueError(
+                f"bad packed shapes: input_ids {tuple(input_ids.shape)}, domain_ids {tuple(domain_ids.shape)}"
+            )
         self.input_ids, self.domain_ids = input_ids, domain_ids
 
     def __len__(self) -> int:

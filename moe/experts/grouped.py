@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe.experts.swiglu import SwiGLUExperts
+from moe.experts.swiglu import SwiGLUExperts, compute_dtype
 from moe.types import Routing
 
 IMPLS = ("auto", "grouped_mm", "sorted_loop")
@@ -59,8 +59,7 @@ class GroupedExperts(SwiGLUExperts):
         return "grouped_mm" if _grouped_mm is not None and aligned else "sorted_loop"
 
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
-        device_type = x_TD.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x_TD.dtype
+        dtype = compute_dtype(x_TD)
         weights = self.compute_weights(dtype)
         # permute: one stable sort groups the assignments by expert
         order_N = torch.argsort(routing.expert_ids_N, stable=True)

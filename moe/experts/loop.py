@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from moe.experts.swiglu import SwiGLUExperts
+from moe.experts.swiglu import SwiGLUExperts, compute_dtype
 from moe.types import Routing
 
 
 class LoopExperts(SwiGLUExperts):
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype(x_TD.device.type) if torch.is_autocast_enabled(x_TD.device.type) else x_TD.dtype
+        dtype = compute_dtype(x_TD)
         y_TD = torch.zeros(x_TD.shape, dtype=dtype, device=x_TD.device)
         # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²) (PERF_NOTES)
         for e, weights in enumerate(zip(*self.compute_weights(dtype))):

@@ -18,6 +18,13 @@ from torch import nn
 from moe.types import Routing
 
 
+def compute_dtype(x_TD: torch.Tensor) -> torch.dtype:
+    """The dtype experts compute in: autocast's when it is on (it does not reach the grouped GEMM),
+    else the activations'."""
+    device_type = x_TD.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x_TD.dtype
+
+
 class SwiGLUExperts(nn.Module):
     def __init__(self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02):
         super().__init__()
@@ -45,8 +52,8 @@ class SwiGLUExperts(nn.Module):
         return (F.silu(x_ND @ w_gate_DF) * (x_ND @ w_up_DF)) @ w_down_FD
 
     def compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three stacks in the activation dtype (autocast does not reach the grouped GEMM)."""
-        return tuple(w if w.dtype == dtype else w.to(dtype) for w in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD))
+        """The three stacks in the compute dtype."""
+        return tuple(w.to(dtype) for w in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD))
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}"

@@ -16,7 +16,8 @@ def test_softmax_then_topk_weights_are_the_unnormalised_top_probabilities():
     routing = router(x_TD)
     probs_TE = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 2.0]]).softmax(-1)
     assert routing.expert_ids_N.tolist() == [0, 1, 2, 0]  # ties in token 1 go to the lower index
-    assert torch.allclose(routing.weights_N, torch.stack([probs_TE[0, 0], probs_TE[0, 1], probs_TE[1, 2], probs_TE[1, 0]]))
+    expected_N = torch.stack([probs_TE[0, 0], probs_TE[0, 1], probs_TE[1, 2], probs_TE[1, 0]])
+    assert torch.allclose(routing.weights_N, expected_N)
     assert routing.token_ids_N.tolist() == [0, 0, 1, 1]
     assert routing.tokens_per_expert_E.tolist() == [2, 1, 1]
 
