@@ -1,4 +1,5 @@
-"""Experts: stacked SwiGLU weights and the backends that dispatch a Routing to them."""
+"""Experts: stacked SwiGLU weights (swiglu.py) and the backends that dispatch a Routing to them:
+GroupedExperts (default; sorted grouped GEMMs or a sorted loop) and LoopExperts (reference)."""
 
 from moe.experts.grouped import GroupedExperts
 from moe.experts.loop import LoopExperts

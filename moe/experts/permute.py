@@ -48,7 +48,9 @@ def sort_by_expert(routing: Routing) -> SortedAssignments:
 
 def gather_rows(x_TD: torch.Tensor, sorted_: SortedAssignments, dtype: torch.dtype) -> torch.Tensor:
     """x_ND: each sorted assignment's token row, in the compute dtype."""
-    return x_TD[sorted_.token_ids_N].to(dtype)
+    # index_select, not x_TD[ids]: its backward is an index_add, ~6x faster on this CPU than the
+    # accumulating index_put that advanced indexing's backward runs (profiled at N=16k, D=256)
+    return x_TD.index_select(0, sorted_.token_ids_N).to(dtype)
 
 
 def combine(out_ND: torch.Tensor, sorted_: SortedAssignments, num_tokens: int) -> torch.Tensor:

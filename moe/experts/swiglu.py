@@ -1,12 +1,20 @@
 """SwiGLU experts held as stacked ``[E, ...]`` parameters (one tensor per projection, not E modules).
 
-Expert e computes  FFN_e(x) = (SiLU(x W_gate,e) ⊙ (x W_up,e)) W_down,e  with W_gate,e, W_up,e ∈ R^{D×F}
-and W_down,e ∈ R^{F×D} (the "x @ w" layout, so a grouped GEMM can take the stacks as they are).
+Expert e computes (Shazeer 2020, "GLU Variants Improve Transformer")
 
-A layer's output is  y_t = Σ_{(t, e, w) ∈ routing} w · FFN_e(x_t); tokens with no assignment (dropped
-by a capacity limit) get 0, so the residual stream carries them unchanged. Subclasses differ only in
-how they dispatch (:meth:`forward`); the weights, their init and their layout are shared, so
-state dicts move between backends unchanged.
+    FFN_e(x) = (SiLU(x W_gate,e) ⊙ (x W_up,e)) W_down,e,   W_gate,e, W_up,e ∈ R^{D×F},  W_down,e ∈ R^{F×D}
+
+in the "x @ w" layout, so a grouped GEMM takes the stacks as they are. A layer's output is
+
+    y_t = Σ_{(t, e, w) ∈ routing} w · FFN_e(x_t)
+
+and a token with no assignment (dropped by a capacity limit) gets 0, so the residual stream carries it
+unchanged. Backends differ only in how they dispatch the rows; weights, init and layout live here, so a
+state dict moves between backends unchanged.
+
+Dtypes: the computation runs in x's dtype, or in the autocast dtype when autocast is on (as
+``nn.Linear`` would); the stacked weights and the float32 gate weights are cast to it, and y_TD comes
+back in it. Autocast itself does not reach ``grouped_mm``, hence the explicit casts.
 """
 
 from __future__ import annotations
@@ -15,25 +23,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe.experts.permute import combine, gather_rows, sort_by_expert
 from moe.types import Routing
 
 
 def compute_dtype(x_TD: torch.Tensor) -> torch.dtype:
-    """The dtype experts compute in: autocast's when it is on (it does not reach the grouped GEMM),
-    else the activations'."""
+    """The dtype a matmul on x_TD runs in: the autocast dtype if autocast is on (it leaves float64
+    alone), else x_TD's own dtype."""
     device_type = x_TD.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x_TD.dtype
+    if torch.is_autocast_enabled(device_type) and x_TD.dtype != torch.float64:
+        return torch.get_autocast_dtype(device_type)
+    return x_TD.dtype
 
 
 class SwiGLUExperts(nn.Module):
+    """E SwiGLU experts: w_gate_EDF [E, D, F], w_up_EDF [E, D, F], w_down_EFD [E, F, D].
+
+    ``forward`` permutes the tokens by expert once, asks :meth:`expert_outputs` for every sorted row,
+    scales by ``routing.weights_N`` and scatter-adds back. Subclasses implement ``expert_outputs``
+    (or, like the loop reference, all of ``forward``).
+
+    Args:
+        num_experts: E, routed experts.
+        d_model: D, model width.
+        d_ff: F, each expert's hidden width.
+        init_std: std of the normal init of all three stacks (the model may rescale w_down later).
+    """
+
     def __init__(self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02):
         super().__init__()
         for name, value in (("num_experts", num_experts), ("d_model", d_model), ("d_ff", d_ff)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"experts.{name}={value!r} must be an integer >= 1")
-        if init_std <= 0:
-            raise ValueError(f"experts.init_std={init_std} must be > 0")
-        self.num_experts, self.d_model, self.d_ff, self.init_std = num_experts, d_model, d_ff, init_std
+        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0:
+            raise ValueError(f"experts.init_std={init_std!r} must be a number > 0")
+        self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
+        self.init_std = float(init_std)
         self.w_gate_EDF = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
         self.w_up_EDF = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
         self.w_down_EFD = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
@@ -41,19 +66,28 @@ class SwiGLUExperts(nn.Module):
 
     def reset_parameters(self) -> None:
         for weight in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD):
-            nn.init.normal_(weight, std=self.init_std)
+            nn.init.normal_(weight, mean=0.0, std=self.init_std)
 
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
-        raise NotImplementedError("use a dispatch backend: GroupedExperts or LoopExperts")
+        """y_TD in the compute dtype (x's, or autocast's); unassigned tokens get zeros."""
+        dtype = compute_dtype(x_TD)
+        sorted_ = sort_by_expert(routing)
+        x_ND = gather_rows(x_TD, sorted_, dtype)
+        out_ND = self.expert_outputs(x_ND, sorted_.tokens_per_expert_E, self.stacked_weights(dtype))
+        return combine(out_ND, sorted_, x_TD.shape[0])
+
+    def expert_outputs(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
+        """FFN_e of every row of x_ND, whose rows are grouped by expert (tokens_per_expert_E rows each)."""
+        raise NotImplementedError(f"{type(self).__name__} is a base class: use GroupedExperts or LoopExperts")
+
+    def stacked_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w_gate_EDF, w_up_EDF, w_down_EFD) in the compute dtype (a no-op when they already are)."""
+        return tuple(w.to(dtype) for w in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD))
 
     @staticmethod
     def expert_ffn(x_ND: torch.Tensor, w_gate_DF, w_up_DF, w_down_FD) -> torch.Tensor:
-        """One expert on its rows (weights in the compute dtype of x)."""
+        """One expert on its rows: (SiLU(x W_gate) ⊙ (x W_up)) W_down."""
         return (F.silu(x_ND @ w_gate_DF) * (x_ND @ w_up_DF)) @ w_down_FD
-
-    def compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three stacks in the compute dtype."""
-        return tuple(w.to(dtype) for w in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD))
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}"

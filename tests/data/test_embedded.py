@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
+
 import pytest
 import torch
 
@@ -19,29 +23,44 @@ def bundle(tmp_path_factory):
 
 def test_deterministic_and_both_domains_in_both_splits(bundle, tmp_path):
     again = build_embedded(cache_dir=str(tmp_path), **SMALL)  # a fresh build, not the cache
-    assert torch.equal(again.train.input_ids, bundle.train.input_ids)
-    assert torch.equal(again.val.domain_ids, bundle.val.domain_ids)
-    assert bundle.domains == ("code", "prose")
-    for split in (bundle.train, bundle.val):
+    for split, other in ((bundle.train, again.train), (bundle.val, again.val)):
+        assert torch.equal(split.input_ids, other.input_ids) and torch.equal(split.domain_ids, other.domain_ids)
+        assert split.input_ids.dtype == torch.long and split.domain_ids.dtype == torch.long
         assert set(split.domain_ids.tolist()) == {0, 1}
+    assert bundle.domains == ("code", "prose")
     assert bundle.train.input_ids.shape[1] == 65 and bundle.vocab_size == 257
+    item = bundle.val[0]
+    assert item["input_ids"].shape == (65,) and item["domain_id"].dim() == 0
+
+
+def test_no_document_is_on_both_sides():
+    sides = embedded.split_documents(max_bytes_per_domain=SMALL["max_bytes_per_domain"],
+                                     val_fraction=SMALL["val_fraction"])
+    for domain in ("code", "prose"):
+        train, val = sides["train"][domain], sides["val"][domain]
+        assert train and val
+        assert not {d.id for d, _ in train} & {d.id for d, _ in val}
+        assert not {data for _, data in train} & {data for _, data in val}  # not even as a copy
+    # a file's code and its docstrings are split together, so validation prose is never training code
+    train_keys = {d.split_key for items in sides["train"].values() for d, _ in items}
+    val_keys = {d.split_key for items in sides["val"].values() for d, _ in items}
+    assert not train_keys & val_keys
 
 
 def test_each_domain_is_capped_and_near_the_cap(bundle):
-    tokens_per_domain = [int((bundle.train.domain_ids == d).sum() + (bundle.val.domain_ids == d).sum()) * 65
-                         for d in range(2)]
-    for tokens in tokens_per_domain:  # bytes + one eos per document, minus packing tails
-        assert 0.9 * SMALL["max_bytes_per_domain"] < tokens < 1.1 * SMALL["max_bytes_per_domain"]
+    for domain in ("code", "prose"):
+        assert sum(bundle.stats["bytes"][side][domain] for side in ("train", "val")) == SMALL["max_bytes_per_domain"]
+        for side in ("train", "val"):  # a stream of bytes + one eos per document, cut into rows of 65
+            stream = bundle.stats["bytes"][side][domain] + bundle.stats["documents"][side][domain]
+            assert bundle.stats[side][domain]["tokens"] == stream // 65 * 65
 
 
-def test_split_is_stable_as_the_corpus_grows():
-    documents = embedded.collect_documents()
-    chosen = embedded._select(documents["code"], 300_000)
-    val_ids = {d for d, _ in chosen if is_validation(d, 0.1)}
-    assert val_ids and len(val_ids) < len(chosen)
-    # the decision depends on the id alone, so growing the corpus never moves a document
-    bigger = embedded._select(documents["code"], 600_000)
-    assert {d for d, _ in bigger if is_validation(d, 0.1)} >= val_ids
+def test_selection_and_split_are_stable_as_the_corpus_grows():
+    code = embedded.collect_documents()["code"]
+    small, big = embedded.select(code, 300_000), embedded.select(code, 600_000)
+    assert [d.id for d, _ in big[: len(small) - 1]] == [d.id for d, _ in small[:-1]]  # only the cut one differs
+    val = {d.id for d, _ in small if is_validation(d.split_key, 0.1)}
+    assert val and {d.id for d, _ in big if is_validation(d.split_key, 0.1)} >= val
 
 
 def test_prose_is_prose_and_code_is_code(bundle):
@@ -50,9 +69,17 @@ def test_prose_is_prose_and_code_is_code(bundle):
     prose = decode(bundle.train.input_ids[bundle.train.domain_ids == 1].flatten().tolist())
     assert code.count("def ") > 5 * max(1, prose.count("def "))
     assert prose.count(" the ") > 2 * code.count(" the ")
+    assert "gencodec.py" not in code  # generated codec tables are not code
 
 
-def test_second_build_reads_the_cache(bundle, tmp_path, monkeypatch):
+def test_seed_reorders_training_documents_only(bundle, tmp_path):
+    other = build_embedded(cache_dir=str(tmp_path), **SMALL, seed=1)
+    assert torch.equal(other.val.input_ids, bundle.val.input_ids)
+    assert not torch.equal(other.train.input_ids, bundle.train.input_ids)
+    assert Counter(other.train.domain_ids.tolist()) == Counter(bundle.train.domain_ids.tolist())
+
+
+def test_second_build_reads_the_cache_and_writes_a_manifest(bundle, tmp_path, monkeypatch):
     build_embedded(cache_dir=str(tmp_path), **SMALL)
 
     def fail(**kwargs):
@@ -61,23 +88,48 @@ def test_second_build_reads_the_cache(bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "_build", fail)
     cached = build_embedded(cache_dir=str(tmp_path), **SMALL)
     assert torch.equal(cached.train.input_ids, bundle.train.input_ids)
-    assert cached.unigram_entropy == pytest.approx(bundle.unigram_entropy)
+    assert cached.train.input_ids.dtype == torch.long
+    assert cached.unigram_entropy == bundle.unigram_entropy and cached.stats == bundle.stats
+    (manifest_file,) = tmp_path.glob("embedded-*.json")
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["seq_len"] == 64 and manifest["unigram_entropy"] == bundle.unigram_entropy
+    assert manifest["train"]["code"]["sequences"] == int((bundle.train.domain_ids == 0).sum())
+    assert not list(tmp_path.glob("*.tmp"))  # temp files were renamed into place
 
 
-def test_corrupt_cache_is_rebuilt(bundle, tmp_path):
+def test_corrupt_or_mismatched_cache_is_rebuilt(bundle, tmp_path):
     build_embedded(cache_dir=str(tmp_path), **SMALL)
     (cache_file,) = tmp_path.glob("embedded-*.pt")
     cache_file.write_bytes(b"not a torch file")
     rebuilt = build_embedded(cache_dir=str(tmp_path), **SMALL)
     assert torch.equal(rebuilt.train.input_ids, bundle.train.input_ids)
-    assert torch.load(cache_file, weights_only=True)["train_input_ids"].shape == bundle.train.input_ids.shape
+    payload = torch.load(cache_file, weights_only=True)
+    assert payload["train_input_ids"].shape == bundle.train.input_ids.shape
+    payload["params"] = {**payload["params"], "seq_len": 32}  # a file that loads but was made for other options
+    torch.save(payload, cache_file)
+    assert torch.equal(build_embedded(cache_dir=str(tmp_path), **SMALL).val.input_ids, bundle.val.input_ids)
+    assert torch.load(cache_file, weights_only=True)["params"]["seq_len"] == 64
 
 
-def test_unigram_entropy_is_below_uniform(bundle):
-    assert 2.0 < bundle.unigram_entropy < torch.log(torch.tensor(257.0)).item()
+def test_unwritable_cache_dir_warns_and_still_builds(bundle, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="could not write the corpus cache"):
+        data = build_embedded(cache_dir=str(blocker), **SMALL)
+    assert torch.equal(data.train.input_ids, bundle.train.input_ids)
+
+
+def test_unigram_entropy_matches_a_direct_count(bundle):
+    counts = Counter(bundle.train.input_ids.flatten().tolist())
+    total = sum(counts.values())
+    direct = -sum(c / total * math.log(c / total) for c in counts.values())
+    assert bundle.unigram_entropy == pytest.approx(direct, rel=1e-9)
+    assert 0.0 < bundle.unigram_entropy < math.log(257)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"val_fraction": 0.0}, "val_fraction=0.0"),
+                                                 ({"val_fraction": 1.0}, "val_fraction=1.0"),
+                                                 ({"seq_len": 0}, "seq_len=0"),
                                                  ({"max_bytes_per_domain": 0}, "max_bytes_per_domain=0")])
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,32 +1,39 @@
-"""Every expert backend gives the loop reference's outputs and gradients, on awkward routings too."""
+"""Expert backends: every backend (each config file, each GroupedExperts impl) gives the loop reference's
+outputs and gradients on awkward routings, plus exact invariants, dtypes and argument checks."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import group_files, load_group_option
 
-from moe.experts import GroupedExperts, LoopExperts
-from moe.models import SwiGLU
+from moe.experts import GroupedExperts, LoopExperts, SwiGLUExperts
+from moe.experts import grouped as grouped_module
 from moe.types import Routing
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
+DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
+CASES = ["topk", "skewed", "dropped", "empty"]
 
 
-def make_routing(case: str) -> Routing:
-    """Random top-k routings: 'topk' (all tokens), 'skewed' (experts 4, 5 empty), 'dropped' (a third
-    of the assignments removed, some tokens keep none), 'empty' (N = 0)."""
-    expert_ids_TK = torch.rand(T, E).topk(K, dim=-1).indices
+def make_routing(case: str, T: int = T, E: int = E, K: int = K) -> Routing:
+    """Random top-k with random float32 gate weights. 'skewed': the last two experts get nothing;
+    'dropped': about a third of the assignments removed, so some tokens keep none; 'empty': N = 0."""
+    logits_TE = torch.randn(T, E)
+    expert_ids_TK = logits_TE.topk(K, dim=-1).indices
     if case == "skewed":
-        expert_ids_TK = expert_ids_TK % 4
-        expert_ids_TK[:, 1] = (expert_ids_TK[:, 0] + 1) % 4
-    token_ids_N = torch.arange(T).repeat_interleave(K)
-    expert_ids_N = expert_ids_TK.reshape(-1)
+        first_T = torch.randint(0, E - 2, (T,))
+        expert_ids_TK = torch.stack([first_T, (first_T + 1) % (E - 2)], -1)[:, :K]
+    token_ids_N, expert_ids_N = torch.arange(T).repeat_interleave(K), expert_ids_TK.reshape(-1)
     keep_N = torch.ones(T * K, dtype=torch.bool)
     if case == "dropped":
         keep_N = torch.rand(T * K) > 0.33
+        keep_N[:K] = False  # token 0 surely keeps no assignment
     if case == "empty":
         keep_N[:] = False
-    logits_TE = torch.randn(T, E)
     routing = Routing(
         token_ids_N=token_ids_N[keep_N], expert_ids_N=expert_ids_N[keep_N],
         weights_N=torch.rand(int(keep_N.sum())).requires_grad_(), logits_TE=logits_TE,
@@ -37,87 +44,178 @@ def make_routing(case: str) -> Routing:
     return routing
 
 
-BACKENDS = [
-    pytest.param(lambda: GroupedExperts(num_experts=E, d_model=D, d_ff=F_, impl="grouped_mm"), id="grouped_mm"),
-    pytest.param(lambda: GroupedExperts(num_experts=E, d_model=D, d_ff=F_, impl="sorted_loop"), id="sorted_loop"),
-    pytest.param(lambda: GroupedExperts(num_experts=E, d_model=D, d_ff=F_, impl="auto"), id="auto"),
-]
+def from_config(name: str, **dims) -> SwiGLUExperts:
+    """Build a backend the way Hydra would from configs/experts/<name>.yaml (without hydra)."""
+    cfg = load_group_option("experts", name)
+    module_name, _, class_name = cfg.pop("_target_").rpartition(".")
+    assert cfg.pop("_partial_") is True  # the model fills the dimensions, one instance per layer
+    return getattr(importlib.import_module(module_name), class_name)(**cfg, **dims)
 
 
-def outputs_and_grads(experts, x_TD, routing):
-    x_TD = x_TD.clone().requires_grad_()
+BACKENDS = [pytest.param(lambda p=p: from_config(p.stem, **DIMS), id=f"config={p.stem}")
+            for p in group_files("experts")]
+BACKENDS += [pytest.param(lambda i=i: GroupedExperts(**DIMS, impl=i), id=f"impl={i}")
+             for i in ("grouped_mm", "sorted_loop", "auto")]
+
+
+def outputs_and_grads(experts, x_TD, routing, grad_TD):
+    """y and the gradients w.r.t. x, weights_N and the three stacks, for the loss Σ y ⊙ grad_TD."""
+    x_TD = x_TD.detach().clone().requires_grad_()
     routing.weights_N.grad = None
+    experts.zero_grad(set_to_none=True)
     y_TD = experts(x_TD, routing)
-    y_TD.float().pow(2).sum().backward()
-    grads = [x_TD.grad, routing.weights_N.grad] + [p.grad for p in experts.parameters()]
-    return y_TD.detach(), [torch.zeros(1) if g is None else g for g in grads]
+    y_TD.backward(grad_TD.to(y_TD.dtype))
+    grads = [x_TD.grad, routing.weights_N.grad, experts.w_gate_EDF.grad, experts.w_up_EDF.grad,
+             experts.w_down_EFD.grad]
+    return y_TD.detach(), [g.float() for g in grads]
 
 
-@pytest.mark.parametrize("case", ["topk", "skewed", "dropped", "empty"])
+def parity(backend, case: str, dtype=torch.float32, autocast: bool = False):
+    routing, reference = make_routing(case), LoopExperts(**DIMS)
+    backend.load_state_dict(reference.state_dict())
+    if not autocast:
+        reference, backend = reference.to(dtype), backend.to(dtype)
+    x_TD, grad_TD = torch.randn(T, D, dtype=dtype), torch.randn(T, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expected = outputs_and_grads(reference, x_TD, routing, grad_TD)
+        got = outputs_and_grads(backend, x_TD, routing, grad_TD)
+    return expected, got, routing
+
+
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("make_backend", BACKENDS)
 def test_backend_matches_loop_reference_fp32(make_backend, case):
-    routing = make_routing(case)
-    reference, backend = LoopExperts(num_experts=E, d_model=D, d_ff=F_), make_backend()
-    backend.load_state_dict(reference.state_dict())
-    x_TD = torch.randn(T, D)
-    y_ref, grads_ref = outputs_and_grads(reference, x_TD, routing)
-    y, grads = outputs_and_grads(backend, x_TD, routing)
-    assert torch.allclose(y, y_ref, atol=1e-6)
-    for g, g_ref in zip(grads, grads_ref):
-        assert torch.allclose(g, g_ref, atol=1e-5)
-    if case == "dropped":  # tokens that kept no assignment get exactly zero
-        unrouted = torch.ones(T, dtype=torch.bool)
-        unrouted[routing.token_ids_N] = False
-        assert unrouted.any() and y[unrouted].abs().max() == 0
+    (y_ref, grads_ref), (y, grads), routing = parity(make_backend(), case)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for name, g, g_ref in zip(("x", "weights_N", "w_gate", "w_up", "w_down"), grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"grad {n}: {m}")
+    unrouted_T = torch.ones(T, dtype=torch.bool)
+    unrouted_T[routing.token_ids_N] = False
+    assert unrouted_T.any() == (case in ("dropped", "empty"))
+    assert torch.equal(y[unrouted_T], torch.zeros_like(y[unrouted_T]))  # dropped tokens: exactly 0
+    if case == "skewed":  # empty experts get exactly zero weight gradient
+        assert grads[2][-2:].abs().max() == 0 and grads[4][-2:].abs().max() == 0
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["autocast", "bf16_weights"])
 @pytest.mark.parametrize("make_backend", BACKENDS)
-def test_backend_matches_loop_reference_under_bf16_autocast(make_backend):
-    routing = make_routing("topk")
-    reference, backend = LoopExperts(num_experts=E, d_model=D, d_ff=F_), make_backend()
-    backend.load_state_dict(reference.state_dict())
-    x_TD = torch.randn(T, D)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_ref, _ = outputs_and_grads(reference, x_TD, routing)
-        y, _ = outputs_and_grads(backend, x_TD, routing)
+def test_backend_matches_loop_reference_bf16(make_backend, autocast):
+    (y_ref, grads_ref), (y, grads), _ = parity(make_backend(), "dropped", torch.bfloat16, autocast)
     assert y.dtype == y_ref.dtype == torch.bfloat16
-    assert torch.allclose(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
+    assert rel_err(y, y_ref) < 2e-2
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert rel_err(g, g_ref) < 2e-2
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "sorted_loop"])
+def test_plain_sum_loss_backward(impl):
+    """``y.sum()`` hands back an expanded (stride-0) gradient, which grouped_mm's backward rejects
+    unless it is made contiguous first."""
+    experts, routing = GroupedExperts(**DIMS, impl=impl), make_routing("topk")
+    x_TD = torch.randn(T, D, requires_grad=True)
+    experts(x_TD, routing).sum().backward()
+    assert x_TD.grad is not None and experts.w_down_EFD.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("experts_cls", [LoopExperts, GroupedExperts])
-def test_identical_experts_with_weights_summing_to_one_equal_one_dense_ffn(experts_cls):
-    dense = SwiGLU(d_model=D, d_ff=F_)
-    experts = experts_cls(num_experts=E, d_model=D, d_ff=F_)
+def test_identical_experts_with_weights_summing_to_one_equal_one_dense_swiglu(experts_cls):
+    w_gate_DF, w_up_DF, w_down_FD = torch.randn(D, F_), torch.randn(D, F_), torch.randn(F_, D)
+    experts = experts_cls(**DIMS)
     with torch.no_grad():
-        experts.w_gate_EDF.copy_(dense.gate.weight.T.expand(E, D, F_))
-        experts.w_up_EDF.copy_(dense.up.weight.T.expand(E, D, F_))
-        experts.w_down_EFD.copy_(dense.down.weight.T.expand(E, F_, D))
+        for stack, w in ((experts.w_gate_EDF, w_gate_DF), (experts.w_up_EDF, w_up_DF),
+                         (experts.w_down_EFD, w_down_FD)):
+            stack.copy_(w.expand_as(stack))
     routing = make_routing("topk")
-    weights_TK = torch.rand(T, K).softmax(-1)
-    routing.weights_N = weights_TK.reshape(-1)
+    routing.weights_N = torch.rand(T, K).softmax(-1).reshape(-1)  # each token's weights sum to 1
     x_TD = torch.randn(T, D)
-    assert torch.allclose(experts(x_TD, routing), dense(x_TD), atol=1e-6)
+    dense_TD = (F.silu(x_TD @ w_gate_DF) * (x_TD @ w_up_DF)) @ w_down_FD
+    torch.testing.assert_close(experts(x_TD, routing), dense_TD, atol=1e-5, rtol=1e-5)
 
 
-def test_sorted_loop_is_used_when_rows_break_grouped_mm_alignment():
-    assert GroupedExperts(num_experts=2, d_model=6, d_ff=8).resolved_impl(torch.float32) == "sorted_loop"
-    assert GroupedExperts(num_experts=2, d_model=8, d_ff=12).resolved_impl(torch.bfloat16) == "sorted_loop"
-    odd = GroupedExperts(num_experts=E, d_model=6, d_ff=10)
-    reference = LoopExperts(num_experts=E, d_model=6, d_ff=10)
-    odd.load_state_dict(reference.state_dict())
+@pytest.mark.parametrize("experts_cls", [LoopExperts, GroupedExperts])
+@pytest.mark.parametrize(
+    ("x_dtype", "weight_dtype", "autocast", "expected"),
+    [
+        (torch.float32, torch.float32, False, torch.float32),
+        (torch.bfloat16, torch.bfloat16, False, torch.bfloat16),
+        (torch.bfloat16, torch.float32, False, torch.bfloat16),  # weights cast to x's dtype
+        (torch.float64, torch.float64, False, torch.float64),  # grouped_mm has no fp64: auto falls back
+        (torch.float32, torch.float32, True, torch.bfloat16),  # like nn.Linear under autocast
+    ],
+)
+def test_output_dtype_follows_input(experts_cls, x_dtype, weight_dtype, autocast, expected):
+    experts = experts_cls(**DIMS).to(weight_dtype)
+    routing = make_routing("topk")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y_TD = experts(torch.randn(T, D, dtype=x_dtype), routing)
+    assert y_TD.dtype == expected and y_TD.shape == (T, D)
+
+
+def test_auto_rule():
+    """auto = grouped_mm wherever it runs (measured never slower on this CPU), else the sorted loop."""
+    experts, cpu = GroupedExperts(num_experts=8, d_model=16, d_ff=32), torch.device("cpu")
+    assert experts.resolved_impl(cpu, torch.float32) == "grouped_mm"
+    assert experts.resolved_impl(cpu, torch.bfloat16) == "grouped_mm"
+    assert experts.resolved_impl(cpu, torch.float64) == "sorted_loop"  # unsupported dtype
+    assert "float64" in experts.grouped_mm_problem(cpu, torch.float64)
+    odd = GroupedExperts(num_experts=8, d_model=6, d_ff=12)  # rows not 16-byte multiples
+    assert odd.resolved_impl(cpu, torch.float32) == "sorted_loop"
+    assert "16-byte" in odd.grouped_mm_problem(cpu, torch.float32)
+    assert GroupedExperts(num_experts=8, d_model=8, d_ff=12).resolved_impl(cpu, torch.bfloat16) == "sorted_loop"
+    forced = GroupedExperts(num_experts=8, d_model=6, d_ff=12, impl="sorted_loop")
+    assert forced.resolved_impl(cpu, torch.float32) == "sorted_loop"
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_first_forward_without_grad_does_not_disable_grouped_mm(monkeypatch, mode):
+    monkeypatch.setattr(grouped_module, "_probe_cache", {})
+    experts = GroupedExperts(**DIMS)
+    with mode():
+        y_TD = experts(torch.randn(T, D), make_routing("topk"))
+        assert experts.resolved_impl(y_TD.device, torch.float32) == "grouped_mm"
+    assert grouped_module._probe_cache == {("cpu", torch.float32): True}
+
+
+def test_misaligned_shapes_fall_back_or_fail_clearly():
+    reference, auto = LoopExperts(num_experts=E, d_model=6, d_ff=10), GroupedExperts(num_experts=E, d_model=6,
+                                                                                    d_ff=10)
+    auto.load_state_dict(reference.state_dict())
     routing, x_TD = make_routing("topk"), torch.randn(T, 6)
-    assert torch.allclose(odd(x_TD, routing), reference(x_TD, routing), atol=1e-6)
+    torch.testing.assert_close(auto(x_TD, routing), reference(x_TD, routing), atol=1e-5, rtol=1e-5)
+    forced = GroupedExperts(num_experts=E, d_model=6, d_ff=10, impl="grouped_mm")
+    with pytest.raises(RuntimeError, match="impl='grouped_mm' cannot run: .*16-byte"):
+        forced(x_TD, routing)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"num_experts": 0}, "experts.num_experts=0 must be an integer >= 1"),
-        ({"d_ff": -3}, "experts.d_ff=-3"),
-        ({"impl": "cuda"}, "experts.impl='cuda' is not one of"),
+        ({"d_model": -1}, "experts.d_model=-1 must be an integer >= 1"),
+        ({"d_ff": 2.5}, "experts.d_ff=2.5 must be an integer >= 1"),
+        ({"num_experts": True}, "experts.num_experts=True"),
+        ({"init_std": 0.0}, "experts.init_std=0.0 must be a number > 0"),
+        ({"impl": "cuda"}, r"experts.impl='cuda' is not one of \('auto', 'grouped_mm', 'sorted_loop'\)"),
     ],
 )
 def test_bad_arguments(kwargs, message):
+    cls = GroupedExperts if "impl" in kwargs else LoopExperts
     with pytest.raises(ValueError, match=message):
-        GroupedExperts(**{"num_experts": 2, "d_model": 8, "d_ff": 8, **kwargs})
+        cls(**{**DIMS, **kwargs})
 
+
+def test_constructor_is_keyword_only_and_init_follows_init_std():
+    with pytest.raises(TypeError):
+        GroupedExperts(E, D, F_)
+    experts = GroupedExperts(num_experts=64, d_model=64, d_ff=64, init_std=0.1)
+    for w in (experts.w_gate_EDF, experts.w_up_EDF, experts.w_down_EFD):
+        w = w.detach()
+        assert abs(float(w.std()) - 0.1) < 0.005 and abs(float(w.mean())) < 0.005
+    assert experts.w_down_EFD.shape == (64, 64, 64) and "impl='auto'" in repr(experts)
+    with pytest.raises(NotImplementedError, match="base class"):
+        SwiGLUExperts(**DIMS)(torch.randn(T, D), make_routing("topk"))
