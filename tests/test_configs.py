@@ -28,6 +28,15 @@ def test_every_option_composes_and_builds(group, option, smoke):
         assert bool(model.moe_layers) == (config["model"]["num_experts"] > 0)
 
 
+@pytest.mark.parametrize("option", [p.stem for p in group_files("data")])
+def test_every_data_option_composes_and_names_real_keywords(option, smoke, tmp_path):
+    extra = [f"data.data_files={tmp_path / 'x.txt'}"] if option == "hf" else []  # hf's data_files is mandatory
+    config = smoke(f"data={option}", *extra)
+    assert config["data"]["seq_len"] == config["model"]["max_seq_len"]
+    # bind without building: checks the target imports and every key is one of its parameters
+    instantiate({**config["data"], "_partial_": True}, "data")
+
+
 def test_balancers_combine_and_none_leaves_none(smoke):
     both = build_model(smoke("balance=[switch_aux,z_loss]"))
     assert sorted(both.moe_layers[0].balancers) == ["switch_aux", "z_loss"]

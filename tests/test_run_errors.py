@@ -69,6 +69,7 @@ def test_sigint_saves_a_checkpoint_before_exiting(tmp_path, data_cache):
     deadline = time.time() + 120
     while not (run_dir / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]  # still training when the signal comes
     os.kill(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
