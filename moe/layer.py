@@ -43,6 +43,8 @@ class MoELayer(nn.Module):
         self.router = router
         self.experts = experts
         self.balancers = nn.ModuleDict(dict(balancers or {}))
+        for balancer in self.balancers.values():
+            balancer.attach(router)
         self.shared_expert = shared_expert
         self.layer_index = layer_index
 

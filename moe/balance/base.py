@@ -7,6 +7,8 @@ A balancer is an ``nn.Module`` attached to one MoE layer:
   logs both.
 - ``on_optimizer_step()`` is called once per optimizer step (only when ``accelerator.sync_gradients``)
   for bias updates and for resetting global-batch buffers.
+- ``attach(router)`` is called once by the MoE layer that owns both, so a balancer that acts on the
+  router (e.g. ``aux_free`` moving ``router.selection_bias_E``) can keep a reference to it.
 
 Every aux loss is normalised so that a perfectly balanced router scores exactly 1.0 before the
 coefficient; each subclass's docstring states its formula and scope.
@@ -28,6 +30,9 @@ class Balancer(nn.Module):
         if coeff < 0:
             raise ValueError(f"balancer coeff={coeff} must be >= 0")
         self.coeff = float(coeff)
+
+    def attach(self, router: nn.Module) -> None:
+        """Called by the owning MoELayer with its router; stateless balancers ignore it."""
 
     def loss(self, routing: Routing, ctx: BalanceContext) -> torch.Tensor | None:
         return None
