@@ -2,7 +2,8 @@
 
 The same fixed subset is scored at every eval (the first ``sequences_per_domain`` validation
 sequences of each domain), so curves are comparable across steps and runs. Routing loads are summed
-over the whole subset, which gives MaxVio_global of Wang et al. 2408.15664.
+over the whole subset, which gives MaxVio_global of Wang et al. 2408.15664; the score statistics of
+``moe.metrics.routing_stats`` are averaged over the eval batches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe.metrics import load_stats
+from moe.metrics import load_stats, routing_stats
 
 
 def eval_indices(domain_ids: torch.Tensor, sequences_per_domain: int) -> torch.Tensor:
@@ -41,6 +42,8 @@ def evaluate(
     loss_sum = torch.zeros(len(domains), dtype=torch.float64)
     token_count = torch.zeros(len(domains), dtype=torch.float64)
     loads: dict[int, torch.Tensor] = {}
+    stat_sums: dict[int, dict[str, float]] = {}
+    num_batches = 0
     for start in range(0, len(input_ids), batch_size):
         batch = input_ids[start:start + batch_size].to(device)
         with autocast():
@@ -49,9 +52,12 @@ def evaluate(
         seq_domain = domain_ids[start:start + batch_size]
         loss_sum.index_add_(0, seq_domain, token_loss_BS.sum(dim=1).double().cpu())
         token_count.index_add_(0, seq_domain, torch.full_like(seq_domain, batch.shape[1] - 1).double())
+        num_batches += 1
         for layer, aux in out.layer_aux.items():
-            counts_E = aux.routing.tokens_per_expert_E.detach().cpu()
-            loads[layer] = loads.get(layer, 0) + counts_E
+            loads[layer] = loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
+            sums = stat_sums.setdefault(layer, {})
+            for stat, value in routing_stats(aux.routing).items():
+                sums[stat] = sums.get(stat, 0.0) + value
     model.train(was_training)
     metrics = {"val/loss": float(loss_sum.sum() / token_count.sum().clamp(min=1))}
     for d, name in enumerate(domains):
@@ -60,4 +66,6 @@ def evaluate(
     for layer, load_E in sorted(loads.items()):
         for stat, value in load_stats(load_E).items():
             metrics[f"val/layer{layer}/{stat}"] = value
+        for stat, value in stat_sums[layer].items():
+            metrics[f"val/layer{layer}/{stat}"] = value / num_batches
     return metrics

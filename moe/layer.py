@@ -48,10 +48,16 @@ class MoELayer(nn.Module):
         self.shared_expert = shared_expert
         self.layer_index = layer_index
 
-    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, LayerAux]:
+    def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerAux]:
+        """``token_ids_BS`` (the input ids) reach routers that route by token id (``uses_token_ids``)."""
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
-        routing = self.router(x_TD)
+        if getattr(self.router, "uses_token_ids", False):
+            if token_ids_BS is None:
+                raise ValueError(f"{type(self.router).__name__} routes by token id: pass token_ids_BS")
+            routing = self.router(x_TD, token_ids_BS.reshape(B * S))
+        else:
+            routing = self.router(x_TD)
         y_TD = self.experts(x_TD, routing)
         if self.shared_expert is not None:
             y_TD = y_TD + self.shared_expert(x_TD)

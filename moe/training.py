@@ -37,7 +37,7 @@ from moe.checkpoint import (
     write_text_atomic,
 )
 from moe.evaluation import eval_indices, evaluate
-from moe.metrics import load_stats
+from moe.metrics import load_stats, routing_stats
 from moe.models.build import build_model
 from moe.optim import build_optimizer, warmup_cosine
 from moe.spec import instantiate
@@ -75,6 +75,7 @@ class MetricWindow:
     def __init__(self):
         self.sums: dict[str, float] = {}
         self.loads: dict[int, torch.Tensor] = {}
+        self.layer_stat_sums: dict[int, dict[str, float]] = {}
         self.micro_steps = 0
         self.tokens = 0
         self.started = time.perf_counter()
@@ -91,19 +92,23 @@ class MetricWindow:
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
         for layer, aux in out.layer_aux.items():
             self.loads[layer] = self.loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
-            self.sums[f"layer{layer}/dropped"] = self.sums.get(f"layer{layer}/dropped", 0.0) + float(
-                aux.routing.num_dropped
-            )
+            stat_sums = self.layer_stat_sums.setdefault(layer, {})
+            for stat, value in routing_stats(aux.routing).items():
+                stat_sums[stat] = stat_sums.get(stat, 0.0) + value
 
     def summary(self) -> dict[str, float]:
+        """Window means; per-layer routing statistics as layer{i}/{stat}, their mean over layers as moe/{stat}."""
         metrics = {key: value / max(1, self.micro_steps) for key, value in self.sums.items()}
-        for layer, load_E in sorted(self.loads.items()):
-            for stat, value in load_stats(load_E).items():
-                metrics[f"layer{layer}/{stat}"] = value
-        if self.loads:
-            for stat in ("max_vio", "load_entropy", "dead_experts"):
-                layer_values = [metrics[f"layer{layer}/{stat}"] for layer in self.loads]
-                metrics[f"moe/{stat}"] = sum(layer_values) / len(layer_values)
+        per_layer = {
+            layer: {**{stat: value / self.micro_steps for stat, value in self.layer_stat_sums[layer].items()},
+                    **load_stats(load_E)}
+            for layer, load_E in sorted(self.loads.items())
+        }
+        for layer, stats in per_layer.items():
+            metrics.update({f"layer{layer}/{stat}": value for stat, value in stats.items()})
+        if per_layer:
+            for stat in next(iter(per_layer.values())):
+                metrics[f"moe/{stat}"] = sum(stats[stat] for stats in per_layer.values()) / len(per_layer)
         return metrics
 
 

@@ -53,11 +53,11 @@ class Block(nn.Module):
     def is_moe(self) -> bool:
         return isinstance(self.ffn, MoELayer)
 
-    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, LayerAux | None]:
+    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor) -> tuple[torch.Tensor, LayerAux | None]:
         x_BSD = x_BSD + self.attention(self.attn_norm(x_BSD))
         h_BSD = self.ffn_norm(x_BSD)
         if self.is_moe:
-            y_BSD, aux = self.ffn(h_BSD)
+            y_BSD, aux = self.ffn(h_BSD, input_ids_BS)
             return x_BSD + y_BSD, aux
         return x_BSD + self.ffn(h_BSD), None
 
@@ -148,7 +148,7 @@ class DecoderLM(nn.Module):
         x_BSD = self.embed(input_ids)
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):
-            x_BSD, aux = block(x_BSD)
+            x_BSD, aux = block(x_BSD, input_ids)
             if aux is not None:
                 out.layer_aux[i] = aux
                 for name, loss in aux.losses.items():
