@@ -12,9 +12,25 @@ Scopes (Qiu et al. 2501.11873 call the micro scope "micro-batch LBL"):
 - ``micro``: f and P over all T tokens of this forward (the micro-batch on this rank) — the default
   of Megatron, DeepSpeed-MoE, Tutel and MegaBlocks.
 - ``sequence``: the loss of each sequence (f, P over its S tokens), averaged over the B sequences.
+  This is DeepSeek-V3's complementary sequence-wise loss (``moe.balance.SeqAuxLoss``) in this
+  project's normalisation.
+- ``global`` (Qiu et al. 2501.11873, eqs. 4–6 and Algorithm 1, "global-batch LBL"): f comes from the
+  counts of the whole global batch seen so far, P stays local. On every *training* forward the layer's
+  buffers accumulate the local counts c and the local token count T, each all-reduced (SUM) over the
+  data-parallel group (the default ``torch.distributed`` group when it is initialised; otherwise this
+  process only). At gradient-accumulation micro-step m of an optimizer step
 
-The ``global`` scope (counts summed over gradient-accumulation steps and data-parallel ranks) needs
-per-step buffers and is not implemented here yet.
+      f̄_i = c̄_i / (k · T̄),   c̄ = Σ_{m'≤m} Σ_ranks c^{(m', r)},   T̄ = Σ_{m'≤m} Σ_ranks T^{(m', r)}
+
+  (cumulative over micro-steps 1..m, as in Algorithm 1; detached), and L = E · Σ_i f̄_i · P_i with P_i
+  the mean probability over this rank's micro-batch (it carries the gradient). A balanced router
+  still scores exactly 1.0. Each rank's loss holds only its local P, so the paper's 1/N_P average
+  over ranks is supplied by DDP's gradient averaging; no token×expert matrix is communicated, only
+  E + 1 numbers per layer and forward. ``on_optimizer_step()`` empties the buffers. In eval mode
+  (``not self.training``) the loss uses the micro-batch counts and leaves the buffers untouched.
+  The buffers are non-persistent (not in checkpoints): a checkpoint is taken right after
+  ``on_optimizer_step``, when they are empty anyway. Caveat: a forward recomputed under activation
+  checkpointing would count its tokens twice.
 """
 
 from __future__ import annotations
@@ -22,9 +38,10 @@ from __future__ import annotations
 import torch
 
 from moe.balance.base import Balancer
+from moe.balance.counts import all_reduce_sum, local_counts_E
 from moe.types import BalanceContext, Routing
 
-SCOPES = ("micro", "sequence")
+SCOPES = ("micro", "sequence", "global")
 
 
 class SwitchAuxLoss(Balancer):
@@ -33,9 +50,15 @@ class SwitchAuxLoss(Balancer):
         if scope not in SCOPES:
             raise ValueError(f"switch_aux.scope={scope!r} is not one of {SCOPES}")
         self.scope = scope
+        # global scope: cumulative counts [E] and tokens [] of the current optimizer step (float64,
+        # exact for integer counts up to 2**53); sized on the first forward, since E is not known here
+        self.register_buffer("global_counts_E", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self.register_buffer("global_tokens", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def loss(self, routing: Routing, ctx: BalanceContext) -> torch.Tensor:
         E = routing.num_experts
+        if self.scope == "global":
+            return self._global_loss(routing)
         if self.scope == "micro":
             counts_1E = routing.tokens_per_expert_E[None].float()
             probs_1TE = routing.probs_TE[None]
@@ -50,6 +73,30 @@ class SwitchAuxLoss(Balancer):
         f_GE = counts_1E / (routing.top_k * tokens_per_group)
         P_GE = probs_1TE.mean(dim=1)
         return E * (f_GE.detach() * P_GE).sum(dim=-1).mean()
+
+    def _global_loss(self, routing: Routing) -> torch.Tensor:
+        E, T = routing.num_experts, routing.num_tokens
+        counts_E = local_counts_E(routing)
+        if self.training:
+            # one collective for counts and tokens: [c_0 .. c_{E-1}, T]
+            local_E1 = torch.cat([counts_E, counts_E.new_tensor([float(T)])])
+            summed_E1 = all_reduce_sum(local_E1)
+            if self.global_counts_E.shape != (E,) or self.global_counts_E.device != summed_E1.device:
+                self.global_counts_E = torch.zeros(E, dtype=torch.float64, device=summed_E1.device)
+                self.global_tokens = torch.zeros((), dtype=torch.float64, device=summed_E1.device)
+            self.global_counts_E += summed_E1[:E]
+            self.global_tokens += summed_E1[E]
+            counts_E, tokens = self.global_counts_E, self.global_tokens
+        else:
+            tokens = counts_E.new_tensor(float(T))
+        f_E = (counts_E / (routing.top_k * tokens)).to(routing.probs_TE.dtype)
+        P_E = routing.probs_TE.mean(dim=0)
+        return E * (f_E.detach() * P_E).sum()
+
+    def on_optimizer_step(self) -> None:
+        if self.scope == "global":
+            self.global_counts_E.zero_()
+            self.global_tokens.zero_()
 
     def extra_repr(self) -> str:
         return f"coeff={self.coeff}, scope={self.scope}"

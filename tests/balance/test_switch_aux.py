@@ -82,7 +82,7 @@ def test_gradient_flows_through_probs_only():
 
 
 def test_bad_scope_and_coeff():
-    with pytest.raises(ValueError, match="scope='global' is not one of"):
-        SwitchAuxLoss(scope="global")
+    with pytest.raises(ValueError, match="scope='batch' is not one of"):
+        SwitchAuxLoss(scope="batch")
     with pytest.raises(ValueError, match="coeff=-1"):
         SwitchAuxLoss(coeff=-1)

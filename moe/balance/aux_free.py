@@ -1,0 +1,107 @@
+"""Auxiliary-loss-free balancing (Wang et al. 2408.15664; DeepSeek-V3 2412.19437 §2.1.2).
+
+The router chooses experts by TopK(s_t + b) with b = ``router.selection_bias_E`` (a buffer, no
+gradient), while the gate weights use the unbiased scores s_t, so b changes *which* experts a token
+uses, never the weight an expert gets. This balancer adds no loss (``loss()`` returns None; ``coeff``
+is accepted for interface uniformity and unused — it must be 0). It moves b once per optimizer step:
+
+1. on every *training* forward, accumulate the local dispatched counts c ∈ R^E of this layer;
+2. in ``on_optimizer_step()``: c̄ = all-reduce SUM of c over the data-parallel group (so every rank
+   applies the same update from the whole global batch: all micro-steps, all ranks), then with
+   e_i = mean(c̄) − c̄_i (positive for under-loaded experts)
+
+       rule "sign":          b_i ← b_i + u · sign(e_i)                     (Wang et al. eq. 3)
+       rule "proportional":  b_i ← b_i + u · e_i / mean(c̄)
+
+   and, if ``recenter``, b ← b − mean(b) (selection is invariant to a shared shift of b); then c = 0.
+
+The proportional rule is normalised by the mean load, so e_i/mean(c̄) = −(relative load violation
+of expert i) is dimensionless and u means the same thing whatever the batch size, E or k (Wang et
+al.'s Table 3 use the raw e_i, whose scale grows with the tokens per step). A step with no counts
+(no training forward) leaves b unchanged. Defaults: u = 1e-3 (Wang et al., V3), rule "sign",
+recenter False. The local counts are a plain tensor attribute, not a buffer: they differ between
+ranks until the all-reduce, and DDP's ``broadcast_buffers`` would overwrite them with rank 0's; they
+are not checkpointed (empty after every step anyway). b itself lives in the router and is
+checkpointed with it.
+
+It works for any router that has ``selection_bias_E`` and adds it to the selection scores (softmax
+or sigmoid; the project's TopKRouter adds b to the softmax probabilities). ``attach`` raises
+ValueError for a router without that buffer. Caveat: a forward recomputed under activation
+checkpointing would count its tokens twice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moe.balance.base import Balancer
+from moe.balance.counts import all_reduce_sum, local_counts_E
+from moe.types import BalanceContext, Routing
+
+RULES = ("sign", "proportional")
+
+
+class AuxFreeBalancer(Balancer):
+    def __init__(self, *, coeff: float = 0.0, update_rate: float = 1e-3, rule: str = "sign",
+                 recenter: bool = False):
+        if coeff != 0:
+            raise ValueError(f"aux_free.coeff={coeff} must be 0: this balancer adds no loss")
+        super().__init__(coeff=0.0)
+        if not update_rate >= 0:
+            raise ValueError(f"aux_free.update_rate={update_rate} must be >= 0")
+        if rule not in RULES:
+            raise ValueError(f"aux_free.rule={rule!r} is not one of {RULES}")
+        if not isinstance(recenter, bool):
+            raise ValueError(f"aux_free.recenter={recenter!r} must be one of (True, False)")
+        self.update_rate, self.rule, self.recenter = float(update_rate), rule, recenter
+        # local counts of the current optimizer step: a plain tensor, not a buffer, because DDP
+        # (broadcast_buffers=True) would overwrite every rank's buffers with rank 0's each forward
+        self.counts_E = torch.zeros(0, dtype=torch.float64)
+        # the router is held outside the module tree (not a submodule: its parameters must not be
+        # registered twice); b is read through it at update time, so .to(device) cannot stale it
+        self.__dict__["_router"] = None
+
+    def attach(self, router: nn.Module) -> None:
+        bias = getattr(router, "selection_bias_E", None)
+        if not isinstance(bias, torch.Tensor):
+            raise ValueError(
+                f"aux_free needs a router with a selection_bias_E buffer; {type(router).__name__} has none"
+            )
+        self.__dict__["_router"] = router
+
+    @property
+    def selection_bias_E(self) -> torch.Tensor:
+        if self._router is None:
+            raise RuntimeError("aux_free: attach(router) was never called")
+        return self._router.selection_bias_E
+
+    def loss(self, routing: Routing, ctx: BalanceContext) -> None:
+        if self.training:
+            counts_E = local_counts_E(routing)
+            if self.counts_E.shape != counts_E.shape or self.counts_E.device != counts_E.device:
+                self.counts_E = torch.zeros_like(counts_E)
+            self.counts_E += counts_E
+        return None
+
+    @torch.no_grad()
+    def on_optimizer_step(self) -> None:
+        if self._router is None:
+            return
+        counts_E = all_reduce_sum(self.counts_E)
+        self.counts_E.zero_()
+        if counts_E.numel() == 0:
+            return
+        mean = counts_E.mean()
+        if mean <= 0:
+            return
+        error_E = mean - counts_E
+        step_E = torch.sign(error_E) if self.rule == "sign" else error_E / mean
+        bias_E = self.selection_bias_E
+        new_bias_E = bias_E.double() + self.update_rate * step_E.to(bias_E.device)
+        if self.recenter:
+            new_bias_E -= new_bias_E.mean()
+        bias_E.copy_(new_bias_E.to(bias_E.dtype))
+
+    def extra_repr(self) -> str:
+        return f"update_rate={self.update_rate}, rule={self.rule}, recenter={self.recenter}"

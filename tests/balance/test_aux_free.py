@@ -1,0 +1,152 @@
+"""Aux-loss-free bias balancing: the update rules, attach checks, convergence of a skewed router for
+both rules (softmax and sigmoid scores), and gate weights that never see the bias."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from moe.balance import AuxFreeBalancer
+from moe.routers import TopKRouter
+from moe.routers.base import Router
+from moe.types import BalanceContext, Routing
+
+E, K, D, T = 8, 2, 16, 2048
+
+
+class SigmoidRouter(Router):
+    """Test-only DeepSeek-V3 style gate: select TopK(σ(z) + b), weights σ(z) normalised over the chosen."""
+
+    def forward(self, x_TD: torch.Tensor) -> Routing:
+        logits_TE = self.linear_logits(x_TD)
+        scores_TE = logits_TE.sigmoid()
+        expert_ids_TK = self.select_top_k(scores_TE, self.top_k)
+        chosen_TK = scores_TE.gather(1, expert_ids_TK)
+        probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
+        return self.token_choice(expert_ids_TK, chosen_TK / chosen_TK.sum(-1, keepdim=True), logits_TE, probs_TE)
+
+
+def skewed(router: Router) -> Router:
+    """Input feature 0 is constant 1 and only expert 0 reads it: expert 0 is strongly preferred."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        router.weight_ED.normal_(std=0.5)
+        router.weight_ED[:, 0] = 0.0
+        router.weight_ED[0, 0] = 1.5
+    return router
+
+
+def inputs() -> torch.Tensor:
+    x_TD = torch.randn(T, D, generator=torch.Generator().manual_seed(1))
+    x_TD[:, 0] = 1.0
+    return x_TD
+
+
+def max_vio(counts_E: torch.Tensor) -> float:
+    counts_E = counts_E.float()
+    return ((counts_E.max() - counts_E.mean()) / counts_E.mean()).item()
+
+
+CTX = BalanceContext(batch_size=1, seq_len=T, layer_index=0)
+
+
+@pytest.mark.parametrize(("router_cls", "rule", "rate"), [
+    (TopKRouter, "sign", 2e-3), (TopKRouter, "proportional", 1e-2),
+    (SigmoidRouter, "sign", 2e-3), (SigmoidRouter, "proportional", 1e-2),
+])
+def test_skewed_router_reaches_max_vio_below_0_1(router_cls, rule, rate):
+    router = skewed(router_cls(d_model=D, num_experts=E, top_k=K))
+    balancer = AuxFreeBalancer(update_rate=rate, rule=rule).train()
+    balancer.attach(router)
+    x_TD = inputs()
+    history = []
+    for _ in range(301):
+        with torch.no_grad():
+            routing = router(x_TD)
+        history.append(max_vio(routing.tokens_per_expert_E))
+        assert balancer.loss(routing, CTX) is None
+        balancer.on_optimizer_step()
+    assert history[0] > 0.5, "the test router is not skewed"
+    first = next(i for i, v in enumerate(history) if v < 0.1)
+    assert first <= 300
+    assert max(history[-50:]) < 0.1  # and it stays balanced
+
+
+def test_bias_never_changes_the_weights_of_a_token_whose_choice_is_unchanged():
+    for router_cls in (TopKRouter, SigmoidRouter):
+        for order in ("softmax_then_topk", "topk_then_softmax"):
+            kwargs = {"order": order} if router_cls is TopKRouter else {}
+            router = skewed(router_cls(d_model=D, num_experts=E, top_k=K, **kwargs))
+            x_TD = inputs()
+            before = router(x_TD)
+            router.selection_bias_E.copy_(torch.linspace(-0.2, 0.2, E))
+            after = router(x_TD)
+            ids_before, ids_after = before.expert_ids_N.view(T, K), after.expert_ids_N.view(T, K)
+            same_T = (ids_before == ids_after).all(-1)
+            assert 0 < same_T.sum() < T
+            assert torch.equal(before.weights_N.view(T, K)[same_T], after.weights_N.view(T, K)[same_T])
+            assert torch.equal(before.probs_TE, after.probs_TE)
+
+
+def routing_with_counts(counts: list[int]) -> Routing:
+    expert_ids_N = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    n = expert_ids_N.numel()
+    probs_TE = torch.full((n, len(counts)), 1.0 / len(counts))
+    return Routing(torch.arange(n), expert_ids_N, torch.ones(n), probs_TE.log(), probs_TE,
+                   torch.bincount(expert_ids_N, minlength=len(counts)), 0, 1.0)
+
+
+def attached(**kwargs) -> tuple[AuxFreeBalancer, TopKRouter]:
+    router = TopKRouter(d_model=4, num_experts=4, top_k=1)
+    balancer = AuxFreeBalancer(**kwargs).train()
+    balancer.attach(router)
+    return balancer, router
+
+
+def test_sign_rule_uses_counts_summed_over_micro_steps():
+    balancer, router = attached(update_rate=0.1, rule="sign")
+    balancer.loss(routing_with_counts([3, 1, 2, 2]), CTX)
+    balancer.loss(routing_with_counts([3, 1, 0, 2]), CTX)  # total [6, 2, 2, 4], mean 3.5
+    balancer.on_optimizer_step()
+    assert torch.allclose(router.selection_bias_E, torch.tensor([-0.1, 0.1, 0.1, -0.1]))
+    assert balancer.counts_E.sum() == 0
+    balancer.on_optimizer_step()  # no forward since the last step: no update
+    assert torch.allclose(router.selection_bias_E, torch.tensor([-0.1, 0.1, 0.1, -0.1]))
+
+
+def test_proportional_rule_and_recenter():
+    balancer, router = attached(update_rate=0.1, rule="proportional")
+    balancer.loss(routing_with_counts([6, 2, 2, 6]), CTX)  # mean 4: e/mean = [-0.5, 0.5, 0.5, -0.5]
+    balancer.on_optimizer_step()
+    assert torch.allclose(router.selection_bias_E, torch.tensor([-0.05, 0.05, 0.05, -0.05]))
+    balancer, router = attached(update_rate=0.1, rule="sign", recenter=True)
+    balancer.loss(routing_with_counts([5, 1, 1, 1]), CTX)  # sign(e) = [-1, 1, 1, 1] -> mean 0.5
+    balancer.on_optimizer_step()
+    assert torch.allclose(router.selection_bias_E, torch.tensor([-0.15, 0.05, 0.05, 0.05]))
+    assert abs(router.selection_bias_E.mean().item()) < 1e-7
+
+
+def test_eval_forwards_do_not_count():
+    balancer, router = attached(update_rate=0.1)
+    balancer.eval()
+    balancer.loss(routing_with_counts([5, 1, 1, 1]), CTX)
+    balancer.on_optimizer_step()
+    assert router.selection_bias_E.abs().sum() == 0
+
+
+def test_validation_and_attach_errors():
+    with pytest.raises(ValueError, match="rule"):
+        AuxFreeBalancer(rule="linear")
+    with pytest.raises(ValueError, match="update_rate"):
+        AuxFreeBalancer(update_rate=-1.0)
+    with pytest.raises(ValueError, match="coeff"):
+        AuxFreeBalancer(coeff=0.01)
+    with pytest.raises(ValueError, match="recenter"):
+        AuxFreeBalancer(recenter="yes")
+    with pytest.raises(ValueError, match="Linear"):
+        AuxFreeBalancer().attach(nn.Linear(2, 2))
+    balancer, router = attached()
+    assert balancer.coeff == 0.0 and balancer.update_rate == 1e-3 and balancer.rule == "sign"
+    assert not balancer.recenter
+    assert "router" not in dict(balancer.named_modules()) and balancer.state_dict() == {}
