@@ -20,13 +20,15 @@ def train(*overrides: str, data_cache: str) -> subprocess.CompletedProcess:
 
 def test_swapping_parts_on_the_command_line(tmp_path, data_cache):
     run_dir = tmp_path / "run"
-    done = train("router=top_k", "router.top_k=1", "balance=z_loss", f"run_dir={run_dir}", data_cache=data_cache)
+    done = train("router=sigmoid", "router.top_k=1", "balance=[global_aux,z_loss]", "trainer.grad_accum_steps=2",
+                 f"run_dir={run_dir}", data_cache=data_cache)
     assert done.returncode == 0, done.stderr
     assert "moe-lab: finished step 4/4" in done.stdout
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["router"]["top_k"] == 1 and list(config["balance"]) == ["z_loss"]
+    assert config["router"]["top_k"] == 1 and list(config["balance"]) == ["global_aux", "z_loss"]
+    assert config["balance"]["global_aux"]["scope"] == "global"
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert "layer0/z_loss" in record and "layer0/switch_aux" not in record
+    assert {"layer0/z_loss", "layer0/global_aux"} <= set(record) and "layer0/switch_aux" not in record
 
 
 def test_sweep_gives_each_job_its_own_run_dir(tmp_path, data_cache):
