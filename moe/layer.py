@@ -2,10 +2,11 @@
 
     y_t = Σ_{(t, e, w) ∈ routing} w · Expert_e(x_t)  [+ SharedExpert(x_t)]
 
-The layer flattens [B, S, D] to T = B·S tokens, asks the router for a :class:`Routing`, lets the
-experts dispatch it, and asks each balancer for its (unscaled) loss. It returns the output together
-with a :class:`LayerAux` so the model can add ``coeff × loss`` to the objective and log everything
-per layer without any global state.
+The layer flattens [B, S, D] to T = B·S tokens, asks the router for a :class:`Routing`, drops the
+assignments beyond each expert's capacity when a capacity factor is set (moe/dropping.py), lets the
+experts dispatch it, and asks each balancer for its (unscaled) loss on the routing as dispatched.
+It returns the output together with a :class:`LayerAux` so the model can add ``coeff × loss`` to the
+objective and log everything per layer without any global state.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from moe.balance.base import Balancer
+from moe.dropping import check_capacity_options, drop_over_capacity
 from moe.types import BalanceContext, Routing
 
 
@@ -38,8 +40,17 @@ class MoELayer(nn.Module):
         balancers: Mapping[str, Balancer] | None = None,
         shared_expert: nn.Module | None = None,
         layer_index: int = 0,
+        capacity_factor: float | None = None,
+        eval_capacity_factor: float | None = None,
+        drop_policy: str = "probs",
     ):
+        """``capacity_factor`` applies in training, ``eval_capacity_factor`` in eval mode (None: no
+        dropping, e.g. dropless inference after capacity-limited training)."""
         super().__init__()
+        check_capacity_options(capacity_factor, drop_policy)
+        check_capacity_options(eval_capacity_factor, drop_policy)
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.drop_policy = drop_policy
         self.router = router
         self.experts = experts
         self.balancers = nn.ModuleDict(dict(balancers or {}))
@@ -58,6 +69,9 @@ class MoELayer(nn.Module):
             routing = self.router(x_TD, token_ids_BS.reshape(B * S))
         else:
             routing = self.router(x_TD)
+        capacity_factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        if capacity_factor is not None:
+            routing = drop_over_capacity(routing, capacity_factor=capacity_factor, drop_policy=self.drop_policy)
         y_TD = self.experts(x_TD, routing)
         if self.shared_expert is not None:
             y_TD = y_TD + self.shared_expert(x_TD)

@@ -20,6 +20,7 @@ from moe.layer import LayerAux, MoELayer
 from moe.models.attention import Attention
 from moe.models.ffn import SwiGLU
 from moe.models.pattern import moe_block_indices
+from moe.shared_expert import SharedExpert
 
 
 @dataclass
@@ -83,7 +84,12 @@ class DecoderLM(nn.Module):
         init_std: float = 0.02,
         num_experts: int = 0,
         expert_d_ff: int | None = None,
-        shared_expert_d_ff: int = 0,
+        num_shared_experts: int = 0,
+        shared_expert_d_ff: int | None = None,
+        shared_expert_gate: bool = False,
+        capacity_factor: float | None = None,
+        eval_capacity_factor: float | None = None,
+        drop_policy: str = "probs",
         moe_every: int = 1,
         moe_first_dense: int = 0,
         moe_layers: Sequence[int] | None = None,
@@ -98,6 +104,8 @@ class DecoderLM(nn.Module):
                 raise ValueError(f"model.{name}={value} must be >= 1")
         if num_experts < 0:
             raise ValueError(f"model.num_experts={num_experts} must be >= 0 (0 = dense model)")
+        if num_shared_experts < 0:
+            raise ValueError(f"model.num_shared_experts={num_shared_experts} must be >= 0")
         self.moe_indices = (
             moe_block_indices(n_layers=n_layers, every=moe_every, first_dense=moe_first_dense, layers=moe_layers)
             if num_experts > 0 else []
@@ -116,8 +124,14 @@ class DecoderLM(nn.Module):
                     router=router(d_model=d_model, num_experts=num_experts),
                     experts=experts(num_experts=num_experts, d_model=d_model, d_ff=expert_d_ff or d_ff),
                     balancers={name: make() for name, make in (balancers or {}).items()},
-                    shared_expert=SwiGLU(d_model=d_model, d_ff=shared_expert_d_ff) if shared_expert_d_ff else None,
+                    shared_expert=SharedExpert(
+                        d_model=d_model, num_experts=num_shared_experts, d_ff=shared_expert_d_ff or expert_d_ff or d_ff,
+                        gate=shared_expert_gate,
+                    ) if num_shared_experts else None,
                     layer_index=i,
+                    capacity_factor=capacity_factor,
+                    eval_capacity_factor=eval_capacity_factor,
+                    drop_policy=drop_policy,
                 )
             else:
                 ffn = SwiGLU(d_model=d_model, d_ff=d_ff)
