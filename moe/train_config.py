@@ -42,6 +42,7 @@ class TrainerConfig:
     resume: bool = False
     seed: int = 0
     cpu: bool = False  # train on the CPU even when an accelerator is present
+    compile_moe: bool = False  # torch.compile each MoE layer in place (nn.Module.compile)
     progress: bool = True
 
     def __post_init__(self):

@@ -158,6 +158,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if data.train.input_ids.shape[1] - 1 > model.max_seq_len:
         raise ValueError(f"data sequences of {data.train.input_ids.shape[1] - 1} tokens exceed "
                          f"model.max_seq_len={model.max_seq_len}")
+    if trainer.compile_moe:
+        for layer in model.moe_layers:
+            layer.compile()  # in place: parameter names and checkpoints are unchanged
     optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
                                 eps=optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

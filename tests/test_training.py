@@ -70,3 +70,12 @@ def test_training_on_local_hf_files(smoke, tmp_path):
     summary = run(smoke("data=hf", "data.path=json", f"data.data_files={path}", "trainer.max_steps=10",
                         f"data.cache_dir={tmp_path / 'hf'}"))
     assert summary["step"] == 10 and list(summary["val_domain_losses"]) == ["val/corpus/loss"]
+
+
+def test_compiled_moe_layers_train_like_eager_ones(smoke, tmp_path):
+    overrides = ("trainer.max_steps=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.save_every=2")
+    run(smoke(*overrides, run_dir=tmp_path / "eager"))
+    run(smoke(*overrides, "trainer.compile_moe=true", run_dir=tmp_path / "compiled"))
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    for a, b in zip(eager, compiled):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
