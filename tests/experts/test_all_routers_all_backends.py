@@ -8,6 +8,7 @@ import torch
 import yaml
 from conftest import group_files
 
+from moe.dropping import drop_over_capacity
 from moe.experts import LoopExperts
 from moe.spec import instantiate
 
@@ -22,9 +23,10 @@ def load(path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def router_routing(path):
-    """The Routing of the router built from this config on random tokens, with its gate weights
-    detached into a leaf (so the test sees their gradient, not the router's)."""
+def router_routing(path, capacity_factor=None):
+    """The Routing of the router built from this config on random tokens (optionally with the
+    assignments beyond a capacity dropped), with its gate weights detached into a leaf (so the test
+    sees their gradient, not the router's)."""
     router = instantiate(load(path), f"router {path.stem}")(d_model=D, num_experts=E)
     x_TD = torch.randn(T, D)
     with torch.no_grad():
@@ -32,6 +34,8 @@ def router_routing(path):
             routing = router(x_TD, torch.arange(T) % 257)
         else:
             routing = router(x_TD)
+    if capacity_factor is not None:
+        routing = drop_over_capacity(routing, capacity_factor=capacity_factor)
     routing.validate()
     routing.weights_N = routing.weights_N.detach().clone().requires_grad_()
     return routing
@@ -47,10 +51,11 @@ def outputs_and_grads(experts, x_TD, routing, grad_TD):
     return y_TD.detach(), grads
 
 
+@pytest.mark.parametrize("capacity_factor", [None, 0.5], ids=["dropless", "dropping"])
 @pytest.mark.parametrize("backend_path", BACKENDS)
 @pytest.mark.parametrize("router_path", ROUTERS)
-def test_backend_matches_loop_on_router_routing(router_path, backend_path):
-    routing = router_routing(router_path)
+def test_backend_matches_loop_on_router_routing(router_path, backend_path, capacity_factor):
+    routing = router_routing(router_path, capacity_factor)
     reference = LoopExperts(**DIMS)
     backend = instantiate(load(backend_path), f"experts {backend_path.stem}")(**DIMS)
     backend.load_state_dict(reference.state_dict())
