@@ -5,24 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from routings import balance_ctx as ctx
+from routings import token_choice_routing as routing_from
 
 from moe.balance import SeqAuxLoss, SwitchAuxLoss
-from moe.types import BalanceContext, Routing
-
-
-def routing_from(expert_ids_TK: torch.Tensor, probs_TE: torch.Tensor) -> Routing:
-    T, K = expert_ids_TK.shape
-    E = probs_TE.shape[1]
-    expert_ids_N = expert_ids_TK.reshape(-1)
-    return Routing(
-        token_ids_N=torch.arange(T).repeat_interleave(K), expert_ids_N=expert_ids_N,
-        weights_N=probs_TE.gather(1, expert_ids_TK).reshape(-1), logits_TE=probs_TE.log(), probs_TE=probs_TE,
-        tokens_per_expert_E=torch.bincount(expert_ids_N, minlength=E), num_dropped=0, top_k=float(K),
-    )
-
-
-def ctx(B: int, S: int) -> BalanceContext:
-    return BalanceContext(batch_size=B, seq_len=S, layer_index=0)
 
 
 def test_hand_computed_v3_example():

@@ -5,24 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from routings import balance_ctx as ctx
+from routings import token_choice_routing as routing_from
 
 from moe.balance import SwitchAuxLoss
-from moe.types import BalanceContext, Routing
-
-
-def routing_from(expert_ids_TK: torch.Tensor, probs_TE: torch.Tensor) -> Routing:
-    T, K = expert_ids_TK.shape
-    E = probs_TE.shape[1]
-    expert_ids_N = expert_ids_TK.reshape(-1)
-    return Routing(
-        token_ids_N=torch.arange(T).repeat_interleave(K), expert_ids_N=expert_ids_N,
-        weights_N=torch.full((T * K,), 1.0 / K), logits_TE=probs_TE.log(), probs_TE=probs_TE,
-        tokens_per_expert_E=torch.bincount(expert_ids_N, minlength=E), num_dropped=0, top_k=float(K),
-    )
-
-
-def ctx(B: int, S: int) -> BalanceContext:
-    return BalanceContext(batch_size=B, seq_len=S, layer_index=0)
 
 
 @pytest.mark.parametrize(("E", "K"), [(8, 2), (4, 1), (16, 4), (64, 8)])

@@ -9,39 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import group_files, load_group_option
+from routings import random_routing
 
 from moe.experts import GroupedExperts, LoopExperts, SwiGLUExperts
 from moe.experts import grouped as grouped_module
-from moe.types import Routing
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
 DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
 CASES = ["topk", "skewed", "dropped", "empty"]
-
-
-def make_routing(case: str, T: int = T, E: int = E, K: int = K) -> Routing:
-    """Random top-k with random float32 gate weights. 'skewed': the last two experts get nothing;
-    'dropped': about a third of the assignments removed, so some tokens keep none; 'empty': N = 0."""
-    logits_TE = torch.randn(T, E)
-    expert_ids_TK = logits_TE.topk(K, dim=-1).indices
-    if case == "skewed":
-        first_T = torch.randint(0, E - 2, (T,))
-        expert_ids_TK = torch.stack([first_T, (first_T + 1) % (E - 2)], -1)[:, :K]
-    token_ids_N, expert_ids_N = torch.arange(T).repeat_interleave(K), expert_ids_TK.reshape(-1)
-    keep_N = torch.ones(T * K, dtype=torch.bool)
-    if case == "dropped":
-        keep_N = torch.rand(T * K) > 0.33
-        keep_N[:K] = False  # token 0 surely keeps no assignment
-    if case == "empty":
-        keep_N[:] = False
-    routing = Routing(
-        token_ids_N=token_ids_N[keep_N], expert_ids_N=expert_ids_N[keep_N],
-        weights_N=torch.rand(int(keep_N.sum())).requires_grad_(), logits_TE=logits_TE,
-        probs_TE=logits_TE.softmax(-1), tokens_per_expert_E=torch.bincount(expert_ids_N[keep_N], minlength=E),
-        num_dropped=int((~keep_N).sum()), top_k=float(K),
-    )
-    routing.validate()
-    return routing
 
 
 def from_config(name: str, **dims) -> SwiGLUExperts:
@@ -219,3 +194,7 @@ def test_constructor_is_keyword_only_and_init_follows_init_std():
     assert experts.w_down_EFD.shape == (64, 64, 64) and "impl='auto'" in repr(experts)
     with pytest.raises(NotImplementedError, match="base class"):
         SwiGLUExperts(**DIMS)(torch.randn(T, D), make_routing("topk"))
+
+
+def make_routing(case: str, T: int = T, E: int = E, K: int = K):
+    return random_routing(case, T=T, E=E, K=K)

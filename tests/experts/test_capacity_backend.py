@@ -5,37 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from routings import random_routing
 
 from moe.experts import CapacityExperts, LoopExperts
 from moe.types import Routing
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
 DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
-
-
-def make_routing(case: str) -> Routing:
-    """Top-k routing with random gate weights. 'skewed': experts 4 and 5 get nothing and expert 0 most;
-    'dropped': about a third of the assignments removed by hand (token 0 keeps none); 'empty': N = 0."""
-    logits_TE = torch.randn(T, E)
-    expert_ids_TK = logits_TE.topk(K, dim=-1).indices
-    if case == "skewed":
-        first_T = torch.where(torch.rand(T) < 0.6, 0, torch.randint(1, E - 2, (T,)))
-        expert_ids_TK = torch.stack([first_T, (first_T + 1) % (E - 2)], -1)
-    token_ids_N, expert_ids_N = torch.arange(T).repeat_interleave(K), expert_ids_TK.reshape(-1)
-    keep_N = torch.ones(T * K, dtype=torch.bool)
-    if case == "dropped":
-        keep_N = torch.rand(T * K) > 0.33
-        keep_N[:K] = False
-    if case == "empty":
-        keep_N[:] = False
-    routing = Routing(
-        token_ids_N=token_ids_N[keep_N], expert_ids_N=expert_ids_N[keep_N],
-        weights_N=torch.rand(int(keep_N.sum())).requires_grad_(), logits_TE=logits_TE,
-        probs_TE=logits_TE.softmax(-1), tokens_per_expert_E=torch.bincount(expert_ids_N[keep_N], minlength=E),
-        num_dropped=int((~keep_N).sum()), top_k=float(K),
-    )
-    routing.validate()
-    return routing
 
 
 def outputs_and_grads(experts, x_TD, routing, grad_TD):
@@ -132,3 +108,7 @@ def test_bad_arguments(kwargs, message):
 def test_repr_names_options():
     text = repr(CapacityExperts(**DIMS, pad_multiple=64, capacity_factor=1.25))
     assert "pad_multiple=64" in text and "capacity_factor=1.25" in text
+
+
+def make_routing(case: str, T: int = T, E: int = E, K: int = K):
+    return random_routing(case, T=T, E=E, K=K)
