@@ -1,0 +1,178 @@
+"""Training throughput: tokens/s of full training steps, the default MoE against the dense model with the
+same active parameters.
+
+    .venv/bin/python bench/train_throughput.py [--quick] [--compile] [--dtype bf16] [--steps N] [--json PATH]
+
+Models, built with ``moe.models.build.build_model`` from the repository's own config files:
+
+- ``moe``: configs/model/moe_tiny.yaml (4 blocks, d_model 192, 8 experts of hidden 384, top-2) with
+  configs/router/top_k.yaml, configs/experts/grouped.yaml (impl auto) and balance switch_aux + z_loss;
+- ``dense``: configs/model/dense_tiny.yaml (moe_tiny with num_experts 0 and FFN hidden 768 = 2 × 384,
+  so the same active FFN compute per token and no router).
+
+A *step* is what the trainer does per optimizer step: forward with targets (loss = CE + the balancers'
+aux losses), backward, global grad-norm clipping at configs/optim/adamw.yaml's grad_clip, AdamW step
+(moe.optim.build_optimizer with that file's lr, betas, weight decay), ``zero_grad(set_to_none=True)``.
+A batch is 8 sequences × 256 tokens of random byte ids (2048 tokens/step; a fresh batch each step).
+
+Timing: ``--warmup`` untimed steps per model, then ``--steps`` timed steps; models interleaved step by
+step (round-robin), so drift and other processes on the machine hit all alike. tokens/s = 2048 / median
+step time. With ``--compile`` the eager and the ``torch.compile``-d copies of both models (same initial
+weights) run side by side in the same round-robin, and the compile time is reported separately: the
+first compiled steps' time minus the compiled model's median step, summed over the warm-up steps
+(recompilations when the MoE's per-expert row counts change are included there, and any later ones
+show in the median). ``--dtype bf16`` runs forward and loss under CPU autocast (float32 weights and
+optimizer). glibc's mmap/trim thresholds are raised for the whole process, as in bench/dispatch.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from moe.models.build import build_model  # noqa: E402
+from moe.optim import build_optimizer  # noqa: E402
+
+BATCH, SEQ = 8, 256
+
+
+def load(group: str, name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / group / f"{name}.yaml").read_text())
+
+
+def model_config(name: str) -> dict:
+    """A model file with its ``defaults`` list resolved (dense_tiny extends moe_tiny)."""
+    spec = load("model", name)
+    merged: dict = {}
+    for parent in spec.pop("defaults", []):
+        if parent != "_self_":
+            merged.update(model_config(parent))
+    return {**merged, **spec}
+
+
+def configs() -> dict[str, dict]:
+    balance = {**load("balance", "switch_aux"), **load("balance", "z_loss")}
+    shared = {"router": load("router", "top_k"), "experts": load("experts", "grouped"), "balance": balance}
+    return {"moe": {"model": model_config("moe_tiny"), **shared},
+            "dense": {"model": model_config("dense_tiny"), **shared}}
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, active per token): active counts top_k of the routed experts' parameters."""
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0
+    for layer in getattr(model, "moe_layers", []):
+        experts = layer.experts
+        per_expert = sum(p.numel() for p in experts.parameters()) // experts.num_experts
+        inactive += per_expert * (experts.num_experts - int(layer.router.top_k))
+    return total, total - inactive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 warm-up + 4 timed steps (< 1 min eager)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile-d copies")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 50)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="write {meta, rows} here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = args.steps or (4 if args.quick else 50)
+    warmup = args.warmup or (2 if args.quick else 5)
+    if args.compile:
+        warmup = max(warmup, 3)  # the first compiled steps compile (and may recompile once)
+
+    cfgs = configs()
+    optim_cfg = load("optim", "adamw")
+    variants = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        variants[name] = model
+        if args.compile:
+            variants[f"{name}_compiled"] = torch.compile(copy.deepcopy(model))
+    optimizers = {
+        name: build_optimizer(getattr(m, "_orig_mod", m), lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"],
+                              betas=tuple(optim_cfg["betas"]), eps=optim_cfg["eps"])
+        for name, m in variants.items()
+    }
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (BATCH, SEQ + 1), generator=gen) for _ in range(8)]
+
+    def step(name: str, i: int) -> float:
+        model, optimizer = variants[name], optimizers[name]
+        batch = batches[i % len(batches)]
+        start = time.perf_counter()
+        with autocast:
+            out = model(batch[:, :-1], batch[:, 1:])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    warm: dict[str, list[float]] = {name: [] for name in variants}
+    t0 = time.perf_counter()
+    for i in range(warmup + steps):  # round-robin over the models
+        for name in variants:
+            (warm if i < warmup else times)[name].append(step(name, i))
+    total_s = time.perf_counter() - t0
+
+    tokens = BATCH * SEQ
+    rows = []
+    for name in variants:
+        med = statistics.median(times[name])
+        base = getattr(variants[name], "_orig_mod", variants[name])
+        total, active = count_params(base)
+        row = {"model": name, "dtype": args.dtype, "step_ms": med * 1e3, "tokens_per_s": tokens / med,
+               "params": total, "active_params": active,
+               "step_ms_min": min(times[name]) * 1e3, "step_ms_max": max(times[name]) * 1e3}
+        if name.endswith("_compiled"):
+            row["compile_s"] = sum(t - med for t in warm[name])
+        rows.append(row)
+    by = {r["model"]: r for r in rows}
+    print(f"{args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}x{SEQ}, "
+          f"{warmup} warm-up + median of {steps} interleaved steps ({total_s:.0f} s)")
+    print(f"{'model':>15} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
+    for r in rows:
+        compile_s = f"{r['compile_s']:9.1f}" if "compile_s" in r else f"{'-':>9}"
+        print(f"{r['model']:>15} | {r['params']:>9,} | {r['active_params']:>9,} | {r['step_ms']:8.1f} | "
+              f"{r['tokens_per_s']:8.0f} | {compile_s}")
+    ratios = {"moe/dense": by["moe"]["tokens_per_s"] / by["dense"]["tokens_per_s"]}
+    if args.compile:
+        for a, b in (("moe_compiled", "dense_compiled"), ("moe_compiled", "moe"), ("dense_compiled", "dense")):
+            ratios[f"{a}/{b}"] = by[a]["tokens_per_s"] / by[b]["tokens_per_s"]
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f}x")
+    if args.json:
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype,
+                "steps": steps, "warmup": warmup, "batch": [BATCH, SEQ], "compile": args.compile,
+                "allocator_env": ALLOCATOR_ENV, "ratios": ratios,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
