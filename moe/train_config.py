@@ -46,7 +46,9 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
+        _require(isinstance(self.max_steps, int) and self.max_steps >= 0,
+                 f"trainer.max_steps={self.max_steps!r} must be an integer >= 0 (0: only write the initial checkpoint)")
+        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every",
                      "eval_sequences_per_domain", "save_every"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"trainer.{name}={value!r} must be an integer >= 1")

@@ -5,10 +5,12 @@ Everything that can be wrong with the config is built and checked before the run
 touched. Every per-optimizer-step action — the optimizer, the LR schedule, balancer bias updates,
 logging, eval and checkpoints — happens only when ``accelerator.sync_gradients`` is true.
 
-Resume (``trainer.resume=true``) restores weights, optimizer, scheduler and RNG states from the
-latest checkpoint of ``run_dir`` and continues at its micro-step, so the losses after resuming equal
-those of an uninterrupted run. SIGINT/SIGTERM finish the current optimizer step, save a checkpoint
-and return.
+The model is built from the config and initialised by the ``init`` node (moe/upcycle/init.py:
+scratch, a checkpoint, or upcycled from a dense model); ``trainer.max_steps=0`` only evaluates it and
+writes it as the step-0 checkpoint. Resume (``trainer.resume=true``) restores weights, optimizer,
+scheduler and RNG states from the latest checkpoint of ``run_dir`` and continues at its micro-step,
+so the losses after resuming equal those of an uninterrupted run. SIGINT/SIGTERM finish the current
+optimizer step, save a checkpoint and return.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     set_seed(trainer.seed)
     data = instantiate(config["data"], "data")
     model = build_model(config)
+    if resume_from is None:  # a resumed run takes its weights from the checkpoint
+        instantiate(config.get("init") or {"_target_": "moe.upcycle.FromScratch"}, "init")(model)
     if model.vocab_size < data.vocab_size:
         raise ValueError(f"model.vocab_size={model.vocab_size} < the tokenizer's vocab_size={data.vocab_size}")
     if data.train.input_ids.shape[1] - 1 > model.max_seq_len:
@@ -216,6 +220,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     total_micro_steps = trainer.max_steps * trainer.grad_accum_steps
     progress = tqdm(total=trainer.max_steps, initial=step, desc="train", dynamic_ncols=True,
                     disable=not (trainer.progress and accelerator.is_local_main_process))
+    if trainer.max_steps == 0 and resume_from is None:  # e.g. init=upcycle: just write the converted model
+        val_metrics = run_eval()
+        record = {"step": 0, "tokens_seen": 0, **val_metrics}
+        if accelerator.is_main_process:
+            _append_metrics(metrics_path, record)
+        save_checkpoint(record)
     model.train()
     with StopRequest() as stop:
         while micro_step < total_micro_steps:

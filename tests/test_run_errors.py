@@ -34,7 +34,7 @@ def test_missing_data_file_names_the_path(smoke, tmp_path):
     ("override", "message"),
     [
         ("trainer.mixed_precision=fp8", "trainer.mixed_precision='fp8' is not one of"),
-        ("trainer.max_steps=0", "trainer.max_steps=0 must be an integer >= 1"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1 must be an integer >= 0"),
         ("optim.lr=-1", "optim.lr=-1"),
         ("optim.warmup_steps=-1", "optim.warmup_steps=-1 must be >= 0"),
         ("trainer.batch_size=100000", "trainer.batch_size=100000 exceeds"),

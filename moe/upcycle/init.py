@@ -1,0 +1,121 @@
+"""How a run's model gets its first weights: the ``init`` config group.
+
+- ``init=scratch`` (default): the random initialisation of the model's constructors.
+- ``init=checkpoint init.path=P``: every weight from a moe-lab checkpoint (or run directory) of the
+  same architecture, e.g. to fine-tune with another data set or balancer.
+- ``init=upcycle init.path=P init.method=M``: build the configured MoE model, then fill it from a dense
+  model (a moe-lab dense checkpoint or run directory, or a Hugging Face dense model directory):
+  attention, norms and embeddings are copied; blocks that stay dense (the layer pattern) copy the dense
+  FFN; MoE blocks get experts from the dense FFN by method M (moe/upcycle/experts_from_dense.py) and
+  keep their freshly initialised router (virtual groups repeat its rows per group).
+
+Function preservation at step 0 (METHODS.md 3b): with ``router.order=topk_then_softmax`` and no token
+dropping, ``copy`` reproduces the dense model exactly (the k gate weights sum to 1 over identical
+experts), and so does ``virtual_group`` with k a multiple of G and output scale G. With
+``softmax_then_topk`` the routed output is (Σ_topk p)·FFN(x); ``output_scale: auto`` multiplies by E/k
+(G = 1) or E·G/k, exact only for a uniform router.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moe.loading import load_model
+from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
+
+METHODS = ("copy", "virtual_group", "drop")
+
+
+class FromScratch:
+    """``init=scratch``: keep the constructors' random initialisation."""
+
+    def __call__(self, model: nn.Module) -> None:
+        pass
+
+
+def _copy_matching(source: nn.Module, target: nn.Module, *, skip_ffn: bool, source_name: str) -> None:
+    """Copy every tensor of ``source`` into the same name of ``target`` (FFNs excluded if asked)."""
+    source_sd = source.state_dict()
+    for name, tensor in target.state_dict().items():
+        if skip_ffn and ".ffn." in name:
+            continue
+        if name not in source_sd:
+            raise ValueError(f"{source_name} has no tensor {name!r} that the configured model needs")
+        if source_sd[name].shape != tensor.shape:
+            raise ValueError(f"{name}: {source_name} has shape {tuple(source_sd[name].shape)}, the configured "
+                             f"model needs {tuple(tensor.shape)}; make the model config match the source")
+        with torch.no_grad():
+            tensor.copy_(source_sd[name])
+
+
+class FromCheckpoint:
+    """``init=checkpoint``: every weight from a model of the same architecture."""
+
+    def __init__(self, *, path: str):
+        self.path = path
+
+    def __call__(self, model: nn.Module) -> None:
+        _copy_matching(load_model(self.path), model, skip_ffn=False, source_name=f"init.path={self.path}")
+
+
+class Upcycle:
+    """``init=upcycle``: a dense model's weights into the configured MoE model (see the module doc)."""
+
+    def __init__(self, *, path: str, method: str = "copy", granularity: int = 1,
+                 output_scale: float | str = "auto", drop_ratio: float = 0.5, seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"init.method={method!r} is not one of {METHODS}")
+        if granularity < 1 or (method != "virtual_group" and granularity != 1):
+            raise ValueError(f"init.granularity={granularity}: must be 1 for method={method!r}, >= 1 for virtual_group")
+        if output_scale != "auto" and not float(output_scale) > 0:
+            raise ValueError(f"init.output_scale={output_scale!r} must be 'auto' or a number > 0")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"init.path={path} does not exist")
+        self.path, self.method, self.granularity = path, method, granularity
+        self.output_scale, self.drop_ratio, self.seed = output_scale, drop_ratio, seed
+
+    def scale_for(self, layer) -> float:
+        if self.output_scale != "auto":
+            return float(self.output_scale)
+        E, G, k = layer.experts.num_experts, self.granularity, getattr(layer.router, "top_k", None)
+        if getattr(layer.router, "order", None) == "softmax_then_topk":
+            return E * G / k  # Megatron's _get_moe_activation_scale for pre-softmax routing
+        return float(G)  # the k renormalised weights spread over whole groups of G shards
+
+    def __call__(self, model: nn.Module) -> None:
+        dense = load_model(self.path)
+        source = f"init.path={self.path}"
+        if dense.moe_layers:
+            raise ValueError(f"{source} is an MoE model; upcycling needs a dense source (use init=checkpoint)")
+        if len(dense.blocks) != len(model.blocks):
+            raise ValueError(f"{source} has {len(dense.blocks)} blocks, model.n_layers={len(model.blocks)}")
+        _copy_matching(dense, model, skip_ffn=True, source_name=source)
+        generator = torch.Generator().manual_seed(self.seed)
+        for dense_block, block in zip(dense.blocks, model.blocks):
+            if not block.is_moe:
+                _copy_matching(dense_block.ffn, block.ffn, skip_ffn=False, source_name=source)
+                continue
+            layer = block.ffn
+            if self.method == "virtual_group":
+                self._repeat_router_rows(layer)
+            copy_into_experts(dense_block.ffn, layer.experts, granularity=self.granularity,
+                              output_scale=self.scale_for(layer))
+            if self.method == "drop":
+                reinitialise_neurons(dense_block.ffn, layer.experts, drop_ratio=self.drop_ratio, generator=generator)
+
+    def _repeat_router_rows(self, layer) -> None:
+        """Virtual groups: expert r·G + g shares router row r, so top-k picks whole groups."""
+        G, router = self.granularity, layer.router
+        k = getattr(router, "top_k", None)
+        if not hasattr(router, "weight_ED"):
+            raise ValueError(f"init.method=virtual_group needs a linear router; {type(router).__name__} has none")
+        if k is None or k % G:
+            raise ValueError(
+                f"init.method=virtual_group needs router.top_k={k} to be a multiple of init.granularity={G}"
+            )
+        with torch.no_grad():
+            R = router.weight_ED.shape[0] // G
+            router.weight_ED.copy_(router.weight_ED[:R].repeat_interleave(G, dim=0))
