@@ -37,6 +37,13 @@ def test_every_data_option_composes_and_names_real_keywords(option, smoke, tmp_p
     instantiate({**config["data"], "_partial_": True}, "data")
 
 
+@pytest.mark.parametrize("option", [p.stem for p in group_files("init")])
+def test_every_init_option_composes_and_names_real_keywords(option, smoke, tmp_path):
+    extra = [f"init.path={tmp_path}"] if option != "scratch" else []  # path is mandatory for the others
+    config = smoke(f"init={option}", *extra)
+    instantiate({**config["init"], "_partial_": True}, "init")
+
+
 def test_balancers_combine_and_none_leaves_none(smoke):
     both = build_model(smoke("balance=[switch_aux,z_loss]"))
     assert sorted(both.moe_layers[0].balancers) == ["switch_aux", "z_loss"]
