@@ -5,6 +5,10 @@
     logits = model(input_ids).logits
 
 Only the checkpoint's ``config.yaml`` and ``model.safetensors`` are read; no Hydra is needed.
+
+A Hugging Face model directory (``config.json`` + ``model.safetensors`` or its shards, and no
+moe-lab ``meta.json``) of a Llama, Mistral or Qwen2 model is imported with
+:func:`moe.interop.load_hf_dense` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from moe.models.build import build_model
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> nn.Module:
+    from moe.interop.hf_dense import is_hf_model_dir, load_hf_dense  # lazy: moe.interop imports moe
+
+    if is_hf_model_dir(path):
+        return load_hf_dense(path, device=device).eval()
     checkpoint = resolve_checkpoint(path)
     model = build_model(read_config(checkpoint / "config.yaml"))
     weights = checkpoint / "model.safetensors"

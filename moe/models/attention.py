@@ -38,6 +38,7 @@ class Attention(nn.Module):
         rope_theta: float = 10000.0,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
+        attention_bias: bool = False,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -48,8 +49,12 @@ class Attention(nn.Module):
         self.head_dim = d_model // n_heads
         if self.head_dim % 2:
             raise ValueError(f"head_dim = d_model/n_heads = {self.head_dim} must be even for RoPE")
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False)
+        # attention_bias: biases on the query and key/value projections, none on o_proj (Qwen2)
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=attention_bias)
+        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=attention_bias)
+        if attention_bias:
+            nn.init.zeros_(self.q_proj.bias)
+            nn.init.zeros_(self.kv_proj.bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None

@@ -80,6 +80,7 @@ class DecoderLM(nn.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         qk_norm: bool = False,
+        attention_bias: bool = False,
         tie_embeddings: bool = True,
         init_std: float = 0.02,
         num_experts: int = 0,
@@ -118,7 +119,7 @@ class DecoderLM(nn.Module):
         for i in range(n_layers):
             attention = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
                                   max_seq_len=max_seq_len, rope_theta=rope_theta, qk_norm=qk_norm,
-                                  norm_eps=norm_eps)
+                                  norm_eps=norm_eps, attention_bias=attention_bias)
             if i in self.moe_indices:
                 ffn = MoELayer(
                     router=router(d_model=d_model, num_experts=num_experts),

@@ -1,0 +1,224 @@
+"""Import Hugging Face dense decoder checkpoints (Llama, Mistral, Qwen2) into :class:`DecoderLM`.
+
+    from moe.interop import load_hf_dense
+    model = load_hf_dense("path/to/hf-model-dir")   # config.json + *.safetensors, no network
+
+Only ``config.json`` and the safetensors files (one ``model.safetensors`` or the shards listed in
+``model.safetensors.index.json``) are read; ``transformers`` is not needed. The three architectures
+are our backbone exactly: pre-norm RMSNorm, rotate-half RoPE with inv_freq = θ^(-2i/d), GQA
+attention with SDPA scaling 1/√d, SwiGLU MLP, a final RMSNorm and an optionally tied LM head.
+Qwen2 adds biases on q/k/v (``attention_bias``). HF's separate ``k_proj`` / ``v_proj`` are fused
+into our ``kv_proj`` (rows: all K heads, then all V heads), so no row permutation is needed.
+
+Anything that would change the function (RoPE scaling, another activation, biases elsewhere, a
+head_dim other than hidden/heads, a sliding window shorter than ``max_seq_len``) raises ValueError
+instead of silently loading a different model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from moe.models.build import build_model
+from moe.models.decoder import DecoderLM
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+# Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
+# between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
+# max_position_embeddings is therefore capped at this length unless max_seq_len is given.
+MAX_SEQ_LEN_CAP = 4096
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# buffers some older exports store; derived from the config here, so they are skipped
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _rope_theta(cfg: Mapping[str, Any]) -> float:
+    """θ from ``rope_parameters`` (transformers >= 5) or ``rope_theta`` / ``rope_scaling`` (4.x)."""
+    params = cfg.get("rope_parameters")
+    if params is not None:
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"rope_parameters.rope_type={rope_type!r} is not supported (only plain RoPE)")
+        return float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    if cfg.get("rope_scaling") is not None:
+        raise ValueError(f"rope_scaling={cfg['rope_scaling']!r} is not supported (only plain RoPE)")
+    return float(cfg.get("rope_theta", 10000.0))
+
+
+def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | None = None) -> dict[str, Any]:
+    """Our ``model`` config node for a HF ``config.json`` (as a dict). ``max_seq_len`` defaults to
+    ``min(max_position_embeddings, MAX_SEQ_LEN_CAP)``. Raises ValueError for an unsupported
+    ``model_type`` or feature."""
+    cfg = config_json
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"{model_type}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{model_type}: mlp_bias=true is not supported")
+    # Llama's attention_bias also puts a bias on o_proj, which our Attention does not have;
+    # Qwen2 always has q/k/v biases and none on o_proj.
+    if model_type == "qwen2":
+        attention_bias = True
+    elif cfg.get("attention_bias"):
+        raise ValueError(f"{model_type}: attention_bias=true (bias on o_proj too) is not supported")
+    else:
+        attention_bias = False
+    if cfg.get("pretraining_tp", 1) not in (1, None):
+        raise ValueError(f"{model_type}: pretraining_tp={cfg['pretraining_tp']} is not supported")
+
+    d_model, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    n_kv_heads = int(cfg.get("num_key_value_heads") or n_heads)
+    head_dim = cfg.get("head_dim")
+    if head_dim is not None and d_model % n_heads == 0 and int(head_dim) != d_model // n_heads:
+        raise ValueError(
+            f"{model_type}: head_dim={head_dim} differs from hidden_size/num_attention_heads="
+            f"{d_model // n_heads}; not supported"
+        )
+    max_pos = int(cfg.get("max_position_embeddings", MAX_SEQ_LEN_CAP))
+    seq_len = int(max_seq_len) if max_seq_len is not None else min(max_pos, MAX_SEQ_LEN_CAP)
+
+    # Sliding-window attention equals full causal attention while the sequence fits in the window.
+    window = cfg.get("sliding_window")
+    uses_window = window is not None and (model_type != "qwen2" or cfg.get("use_sliding_window", False))
+    if uses_window and int(window) < seq_len:
+        raise ValueError(
+            f"{model_type}: sliding_window={window} is shorter than max_seq_len={seq_len}; sliding-window "
+            f"attention is not supported, pass max_seq_len <= {window}"
+        )
+    return {
+        "_target_": "moe.models.DecoderLM",
+        "vocab_size": int(cfg["vocab_size"]),
+        "d_model": d_model,
+        "n_layers": int(cfg["num_hidden_layers"]),
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "d_ff": int(cfg["intermediate_size"]),
+        "max_seq_len": seq_len,
+        "rope_theta": _rope_theta(cfg),
+        "norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
+        "qk_norm": False,
+        "attention_bias": attention_bias,
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "num_experts": 0,
+    }
+
+
+def _read_config(hf_dir: Path) -> dict[str, Any]:
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json at {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _weight_files(hf_dir: Path) -> list[Path]:
+    """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
+    single = hf_dir / WEIGHTS_NAME
+    if single.is_file():
+        return [single]
+    index = hf_dir / WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        raise FileNotFoundError(f"no weights in {hf_dir}: neither {single} nor {index} exists")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{index} has no readable weight_map: {err}") from err
+    shards = [hf_dir / name for name in sorted(set(weight_map.values()))]
+    for shard in shards:
+        if not shard.is_file():
+            raise FileNotFoundError(f"shard {shard} listed in {index} does not exist")
+    return shards
+
+
+def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Our parameter name → the HF tensor names that fill it (two for the fused kv_proj)."""
+    names: dict[str, list[str]] = {"embed.weight": ["model.embed_tokens.weight"],
+                                   "final_norm.weight": ["model.norm.weight"]}
+    if not model_cfg["tie_embeddings"]:
+        names["lm_head.weight"] = ["lm_head.weight"]
+    for i in range(model_cfg["n_layers"]):
+        hf, ours = f"model.layers.{i}", f"blocks.{i}"
+        names[f"{ours}.attn_norm.weight"] = [f"{hf}.input_layernorm.weight"]
+        names[f"{ours}.ffn_norm.weight"] = [f"{hf}.post_attention_layernorm.weight"]
+        kinds = ("weight", "bias") if model_cfg["attention_bias"] else ("weight",)
+        for kind in kinds:
+            names[f"{ours}.attention.q_proj.{kind}"] = [f"{hf}.self_attn.q_proj.{kind}"]
+            names[f"{ours}.attention.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
+                                                         f"{hf}.self_attn.v_proj.{kind}"]
+        names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
+        for proj in ("gate", "up", "down"):
+            names[f"{ours}.ffn.{proj}.weight"] = [f"{hf}.mlp.{proj}_proj.weight"]
+    return names
+
+
+def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device: str = "cpu") -> DecoderLM:
+    """Build a :class:`DecoderLM` from a HF Llama / Mistral / Qwen2 model directory and copy its
+    weights in (cast to the model's float32). Returns the model in eval mode on ``device``.
+
+    Raises FileNotFoundError for a missing config.json or weights file, ValueError for an
+    unsupported model_type / feature, a missing or unexpected tensor, or a shape mismatch."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"{hf_dir} is not a directory")
+    model_cfg = model_config_from_hf(_read_config(hf_dir), max_seq_len=max_seq_len)
+    files = _weight_files(hf_dir)
+    model = build_model({"model": model_cfg})
+    params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
+
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    where: dict[str, Any] = {}
+    for f, handle in zip(files, handles):
+        for key in handle.keys():
+            where[key] = (f, handle)
+
+    def tensor(name: str) -> torch.Tensor:
+        if name not in where:
+            raise ValueError(f"tensor {name} is missing from {', '.join(str(f) for f in files)}")
+        return where[name][1].get_tensor(name)
+
+    used: set[str] = set()
+    with torch.no_grad():
+        for ours, hf_names in _hf_names(model_cfg).items():
+            target = params[ours]
+            parts = [tensor(name) for name in hf_names]
+            if len(parts) == 2:  # k_proj, v_proj → kv_proj: the output is viewed as (2, G, d)
+                half = (target.shape[0] // 2, *target.shape[1:])
+                for name, part in zip(hf_names, parts):
+                    if tuple(part.shape) != half:
+                        raise ValueError(f"tensor {name} has shape {tuple(part.shape)}, expected {half} "
+                                         f"(from config.json)")
+                value = torch.cat(parts, dim=0)
+            else:
+                value = parts[0]
+                if value.shape != target.shape:
+                    raise ValueError(f"tensor {hf_names[0]} has shape {tuple(value.shape)}, expected "
+                                     f"{tuple(target.shape)} (from config.json)")
+            target.copy_(value)
+            used.update(hf_names)
+    unexpected = sorted(
+        k for k in where if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+        and not (k == "lm_head.weight" and model_cfg["tie_embeddings"])
+    )
+    if unexpected:
+        raise ValueError(f"{hf_dir} has tensors the {model_cfg['_target_']} cannot hold: {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def is_hf_model_dir(path: str | Path) -> bool:
+    """A directory with a HF ``config.json`` and no moe-lab ``meta.json``."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "meta.json").exists()
