@@ -76,3 +76,15 @@ def test_sigint_saves_a_checkpoint_before_exiting(tmp_path, data_cache):
     assert "stopped by SIGINT" in output
     (checkpoint,) = list_checkpoints(run_dir)
     assert int(checkpoint.name.split("_")[1]) >= 1
+
+
+def test_load_model_names_a_corrupt_or_missing_checkpoint(smoke, tmp_path):
+    from moe import load_model
+
+    run(smoke("trainer.max_steps=0"))
+    (checkpoint,) = list_checkpoints(tmp_path / "run")
+    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        load_model(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="nothing-here does not exist"):
+        load_model(tmp_path / "nothing-here")
