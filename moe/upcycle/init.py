@@ -8,6 +8,11 @@
   attention, norms and embeddings are copied; blocks that stay dense (the layer pattern) copy the dense
   FFN; MoE blocks get experts from the dense FFN by method M (moe/upcycle/experts_from_dense.py) and
   keep their freshly initialised router (virtual groups repeat its rows per group).
+- ``init.method=carve`` (CMoE) and ``init.method=split`` (LLaMA-MoE's neuron split, ``init.partition``
+  random | cluster) partition the dense neurons into the routed experts of ``model.expert_d_ff`` each
+  (plus the shared experts), from ``init.calibration_tokens`` training tokens of the embedded corpus
+  (cached under ``init.calibration_cache_dir``; null: the data config's default) and ``init.active_neurons``
+  = K_a; a ``router=cmoe`` gets its representative neurons. See moe/upcycle/carve.py.
 
 Function preservation at step 0 (METHODS.md 3b): with ``router.order=topk_then_softmax`` and no token
 dropping, ``copy`` reproduces the dense model exactly (the k gate weights sum to 1 over identical
@@ -24,9 +29,10 @@ import torch
 from torch import nn
 
 from moe.loading import load_model
+from moe.upcycle import carve
 from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
 
-METHODS = ("copy", "virtual_group", "drop")
+METHODS = ("copy", "virtual_group", "drop", "carve", "split")
 
 
 class FromScratch:
@@ -65,7 +71,9 @@ class Upcycle:
     """``init=upcycle``: a dense model's weights into the configured MoE model (see the module doc)."""
 
     def __init__(self, *, path: str, method: str = "copy", granularity: int = 1,
-                 output_scale: float | str = "auto", drop_ratio: float = 0.5, seed: int = 0):
+                 output_scale: float | str = "auto", drop_ratio: float = 0.5, seed: int = 0,
+                 calibration_tokens: int = 8192, active_neurons: int = 10, partition: str = "random",
+                 calibration_cache_dir: str | None = None):
         if method not in METHODS:
             raise ValueError(f"init.method={method!r} is not one of {METHODS}")
         if granularity < 1 or (method != "virtual_group" and granularity != 1):
@@ -76,6 +84,10 @@ class Upcycle:
             raise FileNotFoundError(f"init.path={path} does not exist")
         self.path, self.method, self.granularity = path, method, granularity
         self.output_scale, self.drop_ratio, self.seed = output_scale, drop_ratio, seed
+        if partition not in carve.PARTITIONS:
+            raise ValueError(f"init.partition={partition!r} is not one of {carve.PARTITIONS}")
+        self.calibration_tokens, self.active_neurons, self.partition = calibration_tokens, active_neurons, partition
+        self.calibration_cache_dir = calibration_cache_dir
 
     def scale_for(self, layer) -> float:
         if self.output_scale != "auto":
@@ -93,6 +105,18 @@ class Upcycle:
         if len(dense.blocks) != len(model.blocks):
             raise ValueError(f"{source} has {len(dense.blocks)} blocks, model.n_layers={len(model.blocks)}")
         _copy_matching(dense, model, skip_ffn=True, source_name=source)
+        if self.method in ("carve", "split"):
+            for dense_block, block in zip(dense.blocks, model.blocks):
+                if not block.is_moe:
+                    _copy_matching(dense_block.ffn, block.ffn, skip_ffn=False, source_name=source)
+
+            def calibration():  # read only when the method needs activations
+                return carve.calibration_ids(num_tokens=self.calibration_tokens, seq_len=model.max_seq_len,
+                                             cache_dir=self.calibration_cache_dir)
+
+            carve.carve_model(dense, model, method=self.method, calibration=calibration,
+                              active_neurons=self.active_neurons, split_partition=self.partition, seed=self.seed)
+            return
         generator = torch.Generator().manual_seed(self.seed)
         for dense_block, block in zip(dense.blocks, model.blocks):
             if not block.is_moe:
