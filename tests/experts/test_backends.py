@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import group_files, load_group_option
+from routings import expert_outputs_and_grads as outputs_and_grads
 from routings import random_routing
 
 from moe.experts import GroupedExperts, LoopExperts, SwiGLUExperts
@@ -31,18 +32,6 @@ BACKENDS = [pytest.param(lambda p=p: from_config(p.stem, **DIMS), id=f"config={p
             for p in group_files("experts")]
 BACKENDS += [pytest.param(lambda i=i: GroupedExperts(**DIMS, impl=i), id=f"impl={i}")
              for i in ("grouped_mm", "sorted_loop", "auto")]
-
-
-def outputs_and_grads(experts, x_TD, routing, grad_TD):
-    """y and the gradients w.r.t. x, weights_N and the three stacks, for the loss Σ y ⊙ grad_TD."""
-    x_TD = x_TD.detach().clone().requires_grad_()
-    routing.weights_N.grad = None
-    experts.zero_grad(set_to_none=True)
-    y_TD = experts(x_TD, routing)
-    y_TD.backward(grad_TD.to(y_TD.dtype))
-    grads = [x_TD.grad, routing.weights_N.grad, experts.w_gate_EDF.grad, experts.w_up_EDF.grad,
-             experts.w_down_EFD.grad]
-    return y_TD.detach(), [g.float() for g in grads]
 
 
 def parity(backend, case: str, dtype=torch.float32, autocast: bool = False):

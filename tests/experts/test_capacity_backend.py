@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from routings import expert_outputs_and_grads as outputs_and_grads
 from routings import random_routing
 
 from moe.experts import CapacityExperts, LoopExperts
@@ -12,17 +13,6 @@ from moe.types import Routing
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
 DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
-
-
-def outputs_and_grads(experts, x_TD, routing, grad_TD):
-    x_TD = x_TD.detach().clone().requires_grad_()
-    routing.weights_N.grad = None
-    experts.zero_grad(set_to_none=True)
-    y_TD = experts(x_TD, routing)
-    y_TD.backward(grad_TD.to(y_TD.dtype))
-    grads = [x_TD.grad, routing.weights_N.grad, experts.w_gate_EDF.grad, experts.w_up_EDF.grad,
-             experts.w_down_EFD.grad]
-    return y_TD.detach(), grads
 
 
 def assert_matches_loop(experts: CapacityExperts, routing: Routing) -> None:
