@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from moe.interop.hf_gpt2 import gpt2_model_config, gpt2_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -38,7 +39,8 @@ MAX_SEQ_LEN_CAP = 4096
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # buffers some older exports store; derived from the config here, so they are skipped
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias",  # GPT-2 causal-mask buffers in old files
+                     "rotary_emb.inv_freq",)
 
 
 def _rope_theta(cfg: Mapping[str, Any]) -> float:
@@ -62,6 +64,8 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    if model_type == "gpt2":
+        return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"{model_type}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
@@ -174,7 +178,8 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise FileNotFoundError(f"{hf_dir} is not a directory")
-    model_cfg = model_config_from_hf(_read_config(hf_dir), max_seq_len=max_seq_len)
+    config_json = _read_config(hf_dir)
+    model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
     files = _weight_files(hf_dir)
     model = build_model({"model": model_cfg})
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
@@ -192,8 +197,18 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
 
     used: set[str] = set()
     with torch.no_grad():
-        for ours, hf_names in _hf_names(model_cfg).items():
+        mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
+        for ours, hf_names in mapping.items():
             target = params[ours]
+            if isinstance(hf_names, tuple):  # (names, combine): GPT-2's transposed / fused tensors
+                hf_names, combine = hf_names
+                value = combine(*[tensor(name) for name in hf_names])
+                if value.shape != target.shape:
+                    raise ValueError(f"tensor {hf_names[0]} gives shape {tuple(value.shape)} for {ours}, "
+                                     f"expected {tuple(target.shape)} (from config.json)")
+                target.copy_(value)
+                used.update(hf_names)
+                continue
             parts = [tensor(name) for name in hf_names]
             if len(parts) == 2:  # k_proj, v_proj → kv_proj: the output is viewed as (2, G, d)
                 half = (target.shape[0] // 2, *target.shape[1:])

@@ -39,7 +39,11 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
         attention_bias: bool = False,
+        out_bias: bool = False,
+        rope: bool = True,
     ):
+        """``rope=False`` for models with learned absolute positions (GPT-2); ``out_bias`` puts a
+        bias on o_proj too (GPT-2)."""
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}")
@@ -55,7 +59,10 @@ class Attention(nn.Module):
         if attention_bias:
             nn.init.zeros_(self.q_proj.bias)
             nn.init.zeros_(self.kv_proj.bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=out_bias)
+        if out_bias:
+            nn.init.zeros_(self.o_proj.bias)
+        self.rope, self.max_seq_len = rope, max_seq_len
         self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
         cos_SR, sin_SR = rope_cos_sin(max_seq_len, self.head_dim, rope_theta)
@@ -65,8 +72,8 @@ class Attention(nn.Module):
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         B, S, _ = x_BSD.shape
-        if S > self.rope_cos_SR.shape[0]:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.rope_cos_SR.shape[0]}")
+        if S > self.max_seq_len:
+            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.max_seq_len}")
         q_BHSd = self.q_proj(x_BSD).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
         k_BGSd, v_BGSd = (
             self.kv_proj(x_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -75,8 +82,9 @@ class Attention(nn.Module):
             # in float32: under bf16 autocast the projections are bf16 while the norm gains stay fp32
             q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
             k_BGSd = self.k_norm(k_BGSd.float()).to(k_BGSd.dtype)
-        cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
-        q_BHSd, k_BGSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BGSd, cos_SR, sin_SR)
+        if self.rope:
+            cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
+            q_BHSd, k_BGSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BGSd, cos_SR, sin_SR)
         out_BHSd = F.scaled_dot_product_attention(
             q_BHSd, k_BGSd, v_BGSd, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
         )

@@ -18,7 +18,7 @@ from torch import nn
 
 from moe.layer import LayerAux, MoELayer
 from moe.models.attention import Attention
-from moe.models.ffn import SwiGLU
+from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.pattern import moe_block_indices
 from moe.shared_expert import SharedExpert
 
@@ -42,12 +42,17 @@ class ModelOutput:
         return sum((self.aux_coeffs[k] * v for k, v in self.aux_losses.items()), 0.0)
 
 
+NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
+POSITIONS = ("rope", "learned")
+MLPS = {"swiglu": SwiGLU, "gelu": GELUMLP}
+
+
 class Block(nn.Module):
-    def __init__(self, *, attention: Attention, ffn: nn.Module, d_model: int, norm_eps: float):
+    def __init__(self, *, attention: Attention, ffn: nn.Module, d_model: int, norm_eps: float, norm: str = "rmsnorm"):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.attn_norm = NORMS[norm](d_model, eps=norm_eps)
         self.attention = attention
-        self.ffn_norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.ffn_norm = NORMS[norm](d_model, eps=norm_eps)
         self.ffn = ffn
 
     @property
@@ -81,6 +86,10 @@ class DecoderLM(nn.Module):
         norm_eps: float = 1e-6,
         qk_norm: bool = False,
         attention_bias: bool = False,
+        attention_out_bias: bool = False,
+        norm: str = "rmsnorm",
+        position: str = "rope",
+        mlp: str = "swiglu",
         tie_embeddings: bool = True,
         init_std: float = 0.02,
         num_experts: int = 0,
@@ -107,6 +116,13 @@ class DecoderLM(nn.Module):
             raise ValueError(f"model.num_experts={num_experts} must be >= 0 (0 = dense model)")
         if num_shared_experts < 0:
             raise ValueError(f"model.num_shared_experts={num_shared_experts} must be >= 0")
+        for name, value, allowed in (("norm", norm, tuple(NORMS)), ("position", position, POSITIONS),
+                                     ("mlp", mlp, tuple(MLPS))):
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r} is not one of {allowed}")
+        if num_experts > 0 and mlp != "swiglu":
+            raise ValueError(f"model.mlp={mlp!r}: MoE experts are SwiGLU; a GELU MLP model stays dense "
+                             f"(upcycle it with moe.upcycle.upcycle_module)")
         self.moe_indices = (
             moe_block_indices(n_layers=n_layers, every=moe_every, first_dense=moe_first_dense, layers=moe_layers)
             if num_experts > 0 else []
@@ -115,11 +131,14 @@ class DecoderLM(nn.Module):
             raise ValueError("an MoE model (num_experts > 0) needs a router and an experts factory")
         self.vocab_size, self.max_seq_len, self.init_std = vocab_size, max_seq_len, init_std
         self.embed = nn.Embedding(vocab_size, d_model)
+        # learned absolute positions (GPT-2) instead of RoPE inside attention
+        self.pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None
         self.blocks = nn.ModuleList()
         for i in range(n_layers):
             attention = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
                                   max_seq_len=max_seq_len, rope_theta=rope_theta, qk_norm=qk_norm,
-                                  norm_eps=norm_eps, attention_bias=attention_bias)
+                                  norm_eps=norm_eps, attention_bias=attention_bias, out_bias=attention_out_bias,
+                                  rope=position == "rope")
             if i in self.moe_indices:
                 ffn = MoELayer(
                     router=router(d_model=d_model, num_experts=num_experts),
@@ -135,9 +154,9 @@ class DecoderLM(nn.Module):
                     drop_policy=drop_policy,
                 )
             else:
-                ffn = SwiGLU(d_model=d_model, d_ff=d_ff)
-            self.blocks.append(Block(attention=attention, ffn=ffn, d_model=d_model, norm_eps=norm_eps))
-        self.final_norm = nn.RMSNorm(d_model, eps=norm_eps)
+                ffn = MLPS[mlp](d_model=d_model, d_ff=d_ff)
+            self.blocks.append(Block(attention=attention, ffn=ffn, d_model=d_model, norm_eps=norm_eps, norm=norm))
+        self.final_norm = NORMS[norm](d_model, eps=norm_eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -150,7 +169,7 @@ class DecoderLM(nn.Module):
         for name, param in self.named_parameters():
             if ".router." in name or param.dim() < 2:
                 continue
-            is_residual_out = name.endswith(("o_proj.weight", "down.weight", "w_down_EFD"))
+            is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
 
     @property
@@ -161,6 +180,8 @@ class DecoderLM(nn.Module):
         """input_ids [B, S] → logits [B, S, V]; with targets [B, S] also the losses
         (targets equal to -100 are ignored)."""
         x_BSD = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x_BSD = x_BSD + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device))
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):
             x_BSD, aux = block(x_BSD, input_ids)
