@@ -1,4 +1,5 @@
-"""Import Hugging Face dense decoder checkpoints (Llama, Mistral, Qwen2) into :class:`DecoderLM`.
+"""Import Hugging Face decoder checkpoints into :class:`DecoderLM`: dense Llama, Mistral, Qwen2 and GPT-2
+(moe/interop/hf_gpt2.py), and the Mixtral MoE (moe/interop/hf_mixtral.py).
 
     from moe.interop import load_hf_dense
     model = load_hf_dense("path/to/hf-model-dir")   # config.json + *.safetensors, no network
@@ -26,10 +27,11 @@ import torch
 from safetensors import safe_open
 
 from moe.interop.hf_gpt2 import gpt2_model_config, gpt2_tensor_map
+from moe.interop.hf_mixtral import mixtral_run_config, mixtral_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -66,6 +68,9 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
     if model_type == "gpt2":
         return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
+    if model_type == "mixtral":  # the Mistral backbone; its MoE parts come from run_config_from_hf
+        cfg = {**cfg, "model_type": "mistral"}
+        model_type = "mistral"
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"{model_type}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
@@ -164,7 +169,7 @@ def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
             names[f"{ours}.attention.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
                                                          f"{hf}.self_attn.v_proj.{kind}"]
         names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
-        for proj in ("gate", "up", "down"):
+        for proj in ("gate", "up", "down") if not model_cfg.get("num_experts") else ():  # MoE: hf_mixtral
             names[f"{ours}.ffn.{proj}.weight"] = [f"{hf}.mlp.{proj}_proj.weight"]
     return names
 
@@ -181,7 +186,10 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     config_json = _read_config(hf_dir)
     model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
     files = _weight_files(hf_dir)
-    model = build_model({"model": model_cfg})
+    run_config = (mixtral_run_config(config_json, model_cfg) if config_json["model_type"] == "mixtral"
+                  else {"model": model_cfg})
+    model_cfg = run_config["model"]
+    model = build_model(run_config)
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
 
     handles = [safe_open(str(f), framework="pt") for f in files]
@@ -198,6 +206,8 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     used: set[str] = set()
     with torch.no_grad():
         mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
+        if config_json["model_type"] == "mixtral":
+            mapping.update(mixtral_tensor_map(model_cfg))
         for ours, hf_names in mapping.items():
             target = params[ours]
             if isinstance(hf_names, tuple):  # (names, combine): GPT-2's transposed / fused tensors
