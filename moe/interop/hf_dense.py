@@ -1,5 +1,6 @@
 """Import Hugging Face decoder checkpoints into :class:`DecoderLM`: dense Llama, Mistral, Qwen2 and GPT-2
-(moe/interop/hf_gpt2.py), and the Mixtral MoE (moe/interop/hf_mixtral.py).
+(moe/interop/hf_gpt2.py), and the Mixtral and Qwen2-MoE MoEs
+(moe/interop/hf_mixtral.py, hf_qwen2_moe.py).
 
     from moe.interop import load_hf_dense
     model = load_hf_dense("path/to/hf-model-dir")   # config.json + *.safetensors, no network
@@ -28,10 +29,11 @@ from safetensors import safe_open
 
 from moe.interop.hf_gpt2 import gpt2_model_config, gpt2_tensor_map
 from moe.interop.hf_mixtral import mixtral_run_config, mixtral_tensor_map
+from moe.interop.hf_qwen2_moe import qwen2_moe_run_config, qwen2_moe_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -68,9 +70,10 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
     if model_type == "gpt2":
         return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
-    if model_type == "mixtral":  # the Mistral backbone; its MoE parts come from run_config_from_hf
-        cfg = {**cfg, "model_type": "mistral"}
-        model_type = "mistral"
+    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2"}  # MoE parts: hf_mixtral.py, hf_qwen2_moe.py
+    if model_type in backbone:
+        model_type = backbone[model_type]
+        cfg = {**cfg, "model_type": model_type}
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"{model_type}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
@@ -169,7 +172,7 @@ def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
             names[f"{ours}.attention.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
                                                          f"{hf}.self_attn.v_proj.{kind}"]
         names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
-        for proj in ("gate", "up", "down") if not model_cfg.get("num_experts") else ():  # MoE: hf_mixtral
+        for proj in ("gate", "up", "down") if not model_cfg.get("num_experts") else ():  # MoE models: their own map
             names[f"{ours}.ffn.{proj}.weight"] = [f"{hf}.mlp.{proj}_proj.weight"]
     return names
 
@@ -186,8 +189,8 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     config_json = _read_config(hf_dir)
     model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
     files = _weight_files(hf_dir)
-    run_config = (mixtral_run_config(config_json, model_cfg) if config_json["model_type"] == "mixtral"
-                  else {"model": model_cfg})
+    moe_config = {"mixtral": mixtral_run_config, "qwen2_moe": qwen2_moe_run_config}.get(config_json["model_type"])
+    run_config = moe_config(config_json, model_cfg) if moe_config else {"model": model_cfg}
     model_cfg = run_config["model"]
     model = build_model(run_config)
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
@@ -206,8 +209,9 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     used: set[str] = set()
     with torch.no_grad():
         mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
-        if config_json["model_type"] == "mixtral":
-            mapping.update(mixtral_tensor_map(model_cfg))
+        moe_map = {"mixtral": mixtral_tensor_map, "qwen2_moe": qwen2_moe_tensor_map}.get(config_json["model_type"])
+        if moe_map:
+            mapping.update(moe_map(model_cfg))
         for ours, hf_names in mapping.items():
             target = params[ours]
             if isinstance(hf_names, tuple):  # (names, combine): GPT-2's transposed / fused tensors

@@ -19,6 +19,11 @@ from typing import Any
 import torch
 
 
+def stacked_experts(*per_expert: torch.Tensor) -> torch.Tensor:
+    """E HF expert matrices (nn.Linear [out, in]) → our stack in the "x @ w" layout [E, in, out]."""
+    return torch.stack([w.T for w in per_expert])
+
+
 def mixtral_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) -> dict[str, Any]:
     """model/router/experts/balance nodes from config.json and the Mistral backbone's model node."""
     E, k = int(cfg["num_local_experts"]), int(cfg["num_experts_per_tok"])
@@ -39,14 +44,11 @@ def mixtral_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) -> d
 def mixtral_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[str], Callable[..., torch.Tensor]]]:
     """Our MoE parameter names → (HF tensors, how to combine them): stacked and transposed experts."""
     E = model_cfg["num_experts"]
-
-    def stacked(*per_expert: torch.Tensor) -> torch.Tensor:
-        return torch.stack([w.T for w in per_expert])  # nn.Linear [out, in] → our "x @ w" [in, out]
-
     names: dict[str, tuple[list[str], Callable[..., torch.Tensor]]] = {}
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}.block_sparse_moe", f"blocks.{i}.ffn"
         names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], lambda t: t)
         for our_name, hf_name in (("w_gate_EDF", "w1"), ("w_up_EDF", "w3"), ("w_down_EFD", "w2")):
-            names[f"{ours}.experts.{our_name}"] = ([f"{hf}.experts.{e}.{hf_name}.weight" for e in range(E)], stacked)
+            per_expert = [f"{hf}.experts.{e}.{hf_name}.weight" for e in range(E)]
+            names[f"{ours}.experts.{our_name}"] = (per_expert, stacked_experts)
     return names

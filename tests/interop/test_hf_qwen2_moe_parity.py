@@ -1,0 +1,30 @@
+"""A tiny random HF Qwen2-MoE (shared expert with sigmoid gate, a dense first block, both
+norm_topk_prob settings) loads as a moe-lab MoE model with transformers' logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe import load_model
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_qwen2_moe_logits_match_transformers(tmp_path, norm_topk_prob):
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=norm_topk_prob, mlp_only_layers=[0],
+        max_position_embeddings=64, initializer_range=0.2)
+    torch.manual_seed(0)
+    reference = transformers.Qwen2MoeForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    ours = load_model(tmp_path)
+    assert ours.moe_indices == [1, 2] and ours.moe_layers[0].shared_expert.gate is not None
+    expected_order = "topk_then_softmax" if norm_topk_prob else "softmax_then_topk"
+    assert ours.moe_layers[0].router.order == expected_order
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
