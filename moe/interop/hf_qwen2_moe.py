@@ -1,4 +1,5 @@
-"""Qwen2-MoE (HF ``model_type: qwen2_moe``) as a moe-lab MoE model (METHODS.md part 4).
+"""Qwen2-MoE and Qwen3-MoE (HF ``qwen2_moe``, ``qwen3_moe``) as moe-lab MoE models (METHODS.md part 4).
+Qwen3-MoE has no shared expert and adds per-head RMSNorm on q and k (our ``qk_norm``).
 
 The Qwen2 backbone (q/k/v biases) whose MoE blocks have ``num_experts`` SwiGLU experts of
 ``moe_intermediate_size``, a softmax top-k router with the top-k probabilities used as they are
@@ -21,7 +22,9 @@ from moe.interop.hf_mixtral import stacked_experts
 
 
 def qwen2_moe_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) -> dict[str, Any]:
-    E, k, n_layers = int(cfg["num_experts"]), int(cfg["num_experts_per_tok"]), dense_model["n_layers"]
+    # transformers 5 writes Qwen3-MoE's expert count as num_local_experts
+    E = int(cfg.get("num_experts") or cfg["num_local_experts"])
+    k, n_layers = int(cfg["num_experts_per_tok"]), dense_model["n_layers"]
     step, dense_only = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or [])
     moe_layers = [i for i in range(n_layers) if i not in dense_only and (i + 1) % step == 0]
     shared = int(cfg.get("shared_expert_intermediate_size") or 0)

@@ -28,3 +28,18 @@ def test_qwen2_moe_logits_match_transformers(tmp_path, norm_topk_prob):
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_qwen3_moe_logits_match_transformers(tmp_path):
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=True, max_position_embeddings=64, initializer_range=0.2)
+    torch.manual_seed(0)
+    reference = transformers.Qwen3MoeForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    ours = load_model(tmp_path)
+    assert ours.moe_indices == [0, 1] and ours.blocks[0].attention.q_norm is not None
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
