@@ -33,7 +33,7 @@ from moe.interop.hf_qwen2_moe import qwen2_moe_run_config, qwen2_moe_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -72,8 +72,11 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
     # MoE models on a backbone above; their MoE parts: hf_mixtral.py, hf_qwen2_moe.py (also Qwen3-MoE,
     # which is Llama-like attention plus per-head RMSNorm on q and k)
-    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama"}
-    qk_norm = model_type == "qwen3_moe"
+    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama", "olmoe": "llama"}
+    qk_norm = model_type in ("qwen3_moe", "olmoe")
+    qk_norm_scope = "full" if model_type == "olmoe" else "head"  # OLMoE normalises q and k over all heads
+    if cfg.get("clip_qkv") is not None:
+        raise ValueError(f"{model_type}: clip_qkv={cfg['clip_qkv']} is not supported")
     if model_type in backbone:
         model_type = backbone[model_type]
         cfg = {**cfg, "model_type": model_type}
@@ -124,6 +127,7 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         "rope_theta": _rope_theta(cfg),
         "norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
         "qk_norm": qk_norm,
+        "qk_norm_scope": qk_norm_scope,
         "attention_bias": attention_bias,
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "num_experts": 0,
@@ -196,7 +200,7 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
     files = _weight_files(hf_dir)
     moe_config = {"mixtral": mixtral_run_config, "qwen2_moe": qwen2_moe_run_config,
-                  "qwen3_moe": qwen2_moe_run_config}.get(config_json["model_type"])
+                  "qwen3_moe": qwen2_moe_run_config, "olmoe": qwen2_moe_run_config}.get(config_json["model_type"])
     run_config = moe_config(config_json, model_cfg) if moe_config else {"model": model_cfg}
     model_cfg = run_config["model"]
     model = build_model(run_config)
@@ -217,7 +221,7 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     with torch.no_grad():
         mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
         moe_map = {"mixtral": mixtral_tensor_map, "qwen2_moe": qwen2_moe_tensor_map,
-                   "qwen3_moe": qwen2_moe_tensor_map}.get(config_json["model_type"])
+                   "qwen3_moe": qwen2_moe_tensor_map, "olmoe": qwen2_moe_tensor_map}.get(config_json["model_type"])
         if moe_map:
             mapping.update(moe_map(model_cfg))
         for ours, hf_names in mapping.items():

@@ -1,5 +1,7 @@
 """Qwen2-MoE and Qwen3-MoE (HF ``qwen2_moe``, ``qwen3_moe``) as moe-lab MoE models (METHODS.md part 4).
-Qwen3-MoE has no shared expert and adds per-head RMSNorm on q and k (our ``qk_norm``).
+Qwen3-MoE has no shared expert and adds per-head RMSNorm on q and k (our ``qk_norm``); OLMoE has the
+same layout with experts of ``intermediate_size`` and q/k RMSNorm over the full width
+(``qk_norm_scope: full``).
 
 The Qwen2 backbone (q/k/v biases) whose MoE blocks have ``num_experts`` SwiGLU experts of
 ``moe_intermediate_size``, a softmax top-k router with the top-k probabilities used as they are
@@ -28,7 +30,8 @@ def qwen2_moe_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) ->
     step, dense_only = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or [])
     moe_layers = [i for i in range(n_layers) if i not in dense_only and (i + 1) % step == 0]
     shared = int(cfg.get("shared_expert_intermediate_size") or 0)
-    model = {**dense_model, "num_experts": E, "expert_d_ff": int(cfg["moe_intermediate_size"]),
+    expert_d_ff = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])  # OLMoE: the latter
+    model = {**dense_model, "num_experts": E, "expert_d_ff": expert_d_ff,
              "moe_layers": moe_layers, "num_shared_experts": 1 if shared else 0,
              "shared_expert_d_ff": shared or None, "shared_expert_gate": bool(shared)}
     coeff = float(cfg.get("router_aux_loss_coef") or 0.0)

@@ -27,6 +27,9 @@ def apply_rope(x_BHSd: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor)
     return rotated.to(x_BHSd.dtype)
 
 
+QK_NORM_SCOPES = ("head", "full")
+
+
 class Attention(nn.Module):
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Attention(nn.Module):
         max_seq_len: int,
         rope_theta: float = 10000.0,
         qk_norm: bool = False,
+        qk_norm_scope: str = "head",
         norm_eps: float = 1e-6,
         attention_bias: bool = False,
         out_bias: bool = False,
@@ -63,8 +67,14 @@ class Attention(nn.Module):
         if out_bias:
             nn.init.zeros_(self.o_proj.bias)
         self.rope, self.max_seq_len = rope, max_seq_len
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        # QK-norm over each head (Qwen3) or over the whole projection before the head split (OLMoE)
+        if qk_norm_scope not in QK_NORM_SCOPES:
+            raise ValueError(f"model.qk_norm_scope={qk_norm_scope!r} is not one of {QK_NORM_SCOPES}")
+        self.qk_norm_full = qk_norm and qk_norm_scope == "full"
+        q_width, k_width = (n_heads * self.head_dim, n_kv_heads * self.head_dim) if self.qk_norm_full \
+            else (self.head_dim, self.head_dim)
+        self.q_norm = nn.RMSNorm(q_width, eps=norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(k_width, eps=norm_eps) if qk_norm else None
         cos_SR, sin_SR = rope_cos_sin(max_seq_len, self.head_dim, rope_theta)
         # not persistent: derived from the config, so checkpoints stay free of them
         self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
@@ -74,11 +84,14 @@ class Attention(nn.Module):
         B, S, _ = x_BSD.shape
         if S > self.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.max_seq_len}")
-        q_BHSd = self.q_proj(x_BSD).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BGSd, v_BGSd = (
-            self.kv_proj(x_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        )
-        if self.q_norm is not None:
+        q_BSX, kv_BSY = self.q_proj(x_BSD), self.kv_proj(x_BSD)
+        if self.qk_norm_full:  # normalise q and the k half of kv over their full width, in float32
+            k_BSX, v_BSX = kv_BSY.chunk(2, dim=-1)
+            q_BSX = self.q_norm(q_BSX.float()).to(q_BSX.dtype)
+            kv_BSY = torch.cat((self.k_norm(k_BSX.float()).to(k_BSX.dtype), v_BSX), dim=-1)
+        q_BHSd = q_BSX.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BGSd, v_BGSd = kv_BSY.view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None and not self.qk_norm_full:
             # in float32: under bf16 autocast the projections are bf16 while the norm gains stay fp32
             q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
             k_BGSd = self.k_norm(k_BGSd.float()).to(k_BGSd.dtype)

@@ -85,6 +85,7 @@ class DecoderLM(nn.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         qk_norm: bool = False,
+        qk_norm_scope: str = "head",
         attention_bias: bool = False,
         attention_out_bias: bool = False,
         norm: str = "rmsnorm",
@@ -137,6 +138,7 @@ class DecoderLM(nn.Module):
         for i in range(n_layers):
             attention = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
                                   max_seq_len=max_seq_len, rope_theta=rope_theta, qk_norm=qk_norm,
+                                  qk_norm_scope=qk_norm_scope,
                                   norm_eps=norm_eps, attention_bias=attention_bias, out_bias=attention_out_bias,
                                   rope=position == "rope")
             if i in self.moe_indices:

@@ -74,8 +74,8 @@ def test_config_mapping():
                                 "tie_word_embeddings": True})
     assert cfg == {"_target_": "moe.models.DecoderLM", "vocab_size": 128, "d_model": 64, "n_layers": 2,
                    "n_heads": 4, "n_kv_heads": 2, "d_ff": 96, "max_seq_len": 4096, "rope_theta": 1e6,
-                   "norm_eps": 1e-5, "qk_norm": False, "attention_bias": False, "tie_embeddings": True,
-                   "num_experts": 0}
+                   "norm_eps": 1e-5, "qk_norm": False, "qk_norm_scope": "head", "attention_bias": False,
+                   "tie_embeddings": True, "num_experts": 0}
     v5 = model_config_from_hf({**TINY, "model_type": "qwen2",
                                "rope_parameters": {"rope_type": "default", "rope_theta": 123.0}})
     assert v5["rope_theta"] == 123.0 and v5["attention_bias"] and v5["max_seq_len"] == 256

@@ -43,3 +43,18 @@ def test_qwen3_moe_logits_match_transformers(tmp_path):
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_olmoe_logits_match_transformers(tmp_path):
+    config = transformers.OlmoeConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        initializer_range=0.2)
+    torch.manual_seed(0)
+    reference = transformers.OlmoeForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    ours = load_model(tmp_path)
+    assert ours.blocks[0].attention.q_norm.weight.shape == (64,)  # full width, not per head
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)

@@ -85,6 +85,9 @@ def test_qk_norm_and_bf16_autocast_forward():
         ({"d_model": 30}, "d_model=30 is not divisible by model.n_heads=4"),
         ({"n_kv_heads": 3}, "n_heads=4 is not divisible by model.n_kv_heads=3"),
         ({"num_experts": -1}, "num_experts=-1"),
+        ({"qk_norm": True, "qk_norm_scope": "row"}, "qk_norm_scope='row' is not one of"),
+        ({"mlp": "relu"}, "model.mlp='relu' is not one of"),
+        ({"mlp": "gelu"}, "MoE experts are SwiGLU"),
         ({"router": functools.partial(TopKRouter, top_k=5)}, "top_k=5 > num_experts=4"),
     ],
 )
