@@ -127,11 +127,15 @@ def test_missing_shard(tmp_path):
         load_model(tmp_path)
 
 
+def _edit_config(path, **changes):
+    """Change config.json after saving, so the stored tensors no longer fit it."""
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **changes}))
+
+
 def test_shape_mismatch(tmp_path):
     _save_hf(tmp_path, "llama", tie=False)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["intermediate_size"] = 80
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    _edit_config(tmp_path, intermediate_size=80)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.\w+_proj\.weight has shape \((96, 64|64, 96)\), "
                                          r"expected \((80, 64|64, 80)\)"):
         load_model(tmp_path)
@@ -139,9 +143,7 @@ def test_shape_mismatch(tmp_path):
 
 def test_kv_shape_mismatch(tmp_path):
     _save_hf(tmp_path, "llama", tie=False)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["num_key_value_heads"] = 4
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    _edit_config(tmp_path, num_key_value_heads=4)
     with pytest.raises(ValueError, match=r"k_proj\.weight has shape \(32, 64\), expected \(64, 64\)"):
         load_model(tmp_path)
 
