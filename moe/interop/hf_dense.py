@@ -187,6 +187,20 @@ def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     return names
 
 
+def hf_run_config(hf_dir: str | Path, *, max_seq_len: int | None = None) -> dict[str, Any]:
+    """The moe-lab config nodes (``model``, and for an MoE ``router``, ``experts``, ``balance``) of the
+    model in a HF directory, read from its ``config.json`` alone. ``init=checkpoint`` adopts them so a
+    fine-tuning run builds the imported architecture."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"{hf_dir} is not a directory")
+    config_json = _read_config(hf_dir)
+    model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
+    moe_config = {"mixtral": mixtral_run_config, "qwen2_moe": qwen2_moe_run_config,
+                  "qwen3_moe": qwen2_moe_run_config, "olmoe": qwen2_moe_run_config}.get(config_json["model_type"])
+    return moe_config(config_json, model_cfg) if moe_config else {"model": model_cfg}
+
+
 def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device: str = "cpu") -> DecoderLM:
     """Build a :class:`DecoderLM` from a HF Llama / Mistral / Qwen2 model directory and copy its
     weights in (cast to the model's float32). Returns the model in eval mode on ``device``.
@@ -194,14 +208,9 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     Raises FileNotFoundError for a missing config.json or weights file, ValueError for an
     unsupported model_type / feature, a missing or unexpected tensor, or a shape mismatch."""
     hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise FileNotFoundError(f"{hf_dir} is not a directory")
     config_json = _read_config(hf_dir)
-    model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
+    run_config = hf_run_config(hf_dir, max_seq_len=max_seq_len)
     files = _weight_files(hf_dir)
-    moe_config = {"mixtral": mixtral_run_config, "qwen2_moe": qwen2_moe_run_config,
-                  "qwen3_moe": qwen2_moe_run_config, "olmoe": qwen2_moe_run_config}.get(config_json["model_type"])
-    run_config = moe_config(config_json, model_cfg) if moe_config else {"model": model_cfg}
     model_cfg = run_config["model"]
     model = build_model(run_config)
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
