@@ -1,0 +1,21 @@
+"""What experts learned: routing traces of a model over held-out data, and the specialisation,
+co-activation and saturation measures computed from them (the eval/ scripts build reports on these)."""
+
+from moe.analysis.specialisation import (
+    coactivation,
+    domain_expert_frequency,
+    mutual_information,
+    routing_saturation,
+    token_id_specialisation,
+)
+from moe.analysis.trace import RoutingTrace, collect_routing
+
+__all__ = [
+    "RoutingTrace",
+    "coactivation",
+    "collect_routing",
+    "domain_expert_frequency",
+    "mutual_information",
+    "routing_saturation",
+    "token_id_specialisation",
+]
