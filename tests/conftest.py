@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,20 @@ def smoke(tmp_path, data_cache):
                        f"data.cache_dir={data_cache}", *overrides, run_dir=run_dir or tmp_path / "run")
 
     return make
+
+
+# the eval/ scripts are importable as modules (perplexity, routing_report, compare, ...)
+sys.path.insert(0, str(CONFIGS.parent / "eval"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_cache):
+    """A 10-step smoke run with checkpoints at steps 5 and 10 for the eval-script tests:
+    (run_dir, summary)."""
+    from moe.training import run
+
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    config = compose("experiment=smoke", "logger=none", "trainer.progress=false", f"data.cache_dir={data_cache}",
+                     "trainer.max_steps=10", "trainer.save_every=5", "trainer.eval_every=10", "trainer.keep_last=0",
+                     run_dir=run_dir)
+    return run_dir, run(config)

@@ -1,0 +1,64 @@
+"""What the eval scripts share: loading a model with its run config, and the data to score it on.
+
+The data is a ``data`` config node, chosen with the same override syntax as ``train.py``:
+by default a moe-lab checkpoint is scored on the data of its own run (its ``config.yaml``), and a
+Hugging Face directory on the embedded corpus; overrides such as ``data=hf data.data_files=x.jsonl``
+compose a fresh node from configs/. Sequences never exceed the model's ``max_seq_len``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
+
+from moe.checkpoint import read_config, resolve_checkpoint  # noqa: E402
+from moe.data import DataBundle  # noqa: E402
+from moe.interop.hf_dense import hf_run_config, is_hf_model_dir  # noqa: E402
+from moe.loading import load_model  # noqa: E402
+from moe.spec import instantiate  # noqa: E402
+
+
+def compose_config(overrides: list[str]) -> dict[str, Any]:
+    """The resolved ``train.yaml`` config for these command-line overrides (as ``train.py`` sees it)."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_config(path: str | Path) -> dict[str, Any]:
+    """The run config of a moe-lab checkpoint / run directory, or the imported config of a HF directory."""
+    if is_hf_model_dir(path):
+        return hf_run_config(path)
+    return read_config(resolve_checkpoint(path) / "config.yaml")
+
+
+def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, its run config)."""
+    return load_model(path, device=device), run_config(path)
+
+
+def eval_data(path: str | Path, config: dict[str, Any], overrides: list[str], max_seq_len: int) -> DataBundle:
+    """The data to score the model of ``path`` on (see the module docstring)."""
+    data_overrides = [o for o in overrides if o.lstrip("+~").startswith("data")]
+    if "data" in config and not data_overrides:
+        node = dict(config["data"])
+    else:
+        node = dict(compose_config(overrides)["data"])
+    if not any(o.startswith("data.seq_len=") for o in overrides):
+        node["seq_len"] = min(int(node.get("seq_len", max_seq_len)), max_seq_len)
+    if node.get("tokenizer") == "auto":  # the tokenizer of the model's own directory, as in training
+        node["tokenizer"] = str(path)
+    return instantiate(node, "data")
+
+
+def model_max_seq_len(model: nn.Module) -> int:
+    return int(getattr(model, "max_seq_len", 1 << 30))

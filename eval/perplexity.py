@@ -1,0 +1,86 @@
+"""Loss and perplexity per domain of a checkpoint, run directory or Hugging Face model directory.
+
+    .venv/bin/python eval/perplexity.py runs/my-run                      # its own validation split
+    .venv/bin/python eval/perplexity.py runs/my-run data=embedded         # the embedded corpus
+    .venv/bin/python eval/perplexity.py runs/my-run data=hf data.data_files=notes.txt --split train
+    .venv/bin/python eval/perplexity.py path/to/hf-mixtral --max-sequences 64 --out ppl.json
+
+Scores every sequence of the split (or the first ``--max-sequences`` per domain) with the token-
+weighted mean cross-entropy in nats/token, and perplexity = exp(loss). With the byte tokenizer a
+token is a byte, so the loss is also nats/byte and bits/byte = loss / ln 2. Prints a Markdown table;
+``--out`` also writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_and_data import eval_data, load, model_max_seq_len  # noqa: E402
+
+from moe.evaluation import evaluate  # noqa: E402
+
+
+def perplexity_table(path: str, overrides: list[str], *, split: str = "val", max_sequences: int | None = None,
+                     batch_size: int = 8, device: str = "cpu") -> dict:
+    """{"overall": {...}, "domains": {name: {"loss", "perplexity", "bits_per_token", "sequences"}}}."""
+    model, config = load(path, device=device)
+    data = eval_data(path, config, overrides, model_max_seq_len(model))
+    packed = getattr(data, split)
+    if len(packed) == 0:
+        raise ValueError(f"the {split} split of the data is empty")
+    picks = [torch.nonzero(packed.domain_ids == d).flatten()[:max_sequences] for d in range(len(data.domains))]
+    ids = torch.cat(picks)
+    mask = getattr(packed, "loss_mask", None)
+    kwargs = {"loss_mask": mask[ids]} if mask is not None else {}
+    metrics = evaluate(model, packed.input_ids[ids], packed.domain_ids[ids], data.domains, batch_size=batch_size,
+                       device=torch.device(device), **kwargs)
+
+    def row(loss: float, sequences: int) -> dict:
+        return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+                "sequences": sequences}
+
+    table = {"model": str(path), "split": split, "seq_len": packed.seq_len,
+             "overall": row(metrics["val/loss"], len(ids)), "domains": {}}
+    for d, name in enumerate(data.domains):
+        if f"val/{name}/loss" in metrics:
+            table["domains"][name] = row(metrics[f"val/{name}/loss"], len(picks[d]))
+    return table
+
+
+def to_markdown(table: dict) -> str:
+    lines = [f"{table['model']} on the {table['split']} split ({table['seq_len']}-token sequences)", "",
+             "| domain | sequences | loss (nats/token) | perplexity | bits/token |", "|---|---:|---:|---:|---:|"]
+    for name, r in [*table["domains"].items(), ("all", table["overall"])]:
+        lines.append(f"| {name} | {r['sequences']} | {r['loss']:.4f} | {r['perplexity']:.3f} | "
+                     f"{r['bits_per_token']:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a moe-lab checkpoint or run directory, or a Hugging Face model directory")
+    parser.add_argument("overrides", nargs="*", help="data config overrides, as for train.py (data=hf ...)")
+    parser.add_argument("--split", choices=("val", "train"), default="val")
+    parser.add_argument("--max-sequences", type=int, default=None, help="per domain (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    table = perplexity_table(args.path, args.overrides, split=args.split, max_sequences=args.max_sequences,
+                             batch_size=args.batch_size, device=args.device)
+    print(to_markdown(table))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=2))
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""eval/perplexity.py on a tiny run: it reproduces the run's own validation loss."""
+
+import json
+import math
+
+import pytest
+from perplexity import main, perplexity_table
+
+
+def test_perplexity_matches_the_runs_validation_loss(tiny_run):
+    run_dir, summary = tiny_run
+    table = perplexity_table(str(run_dir), [], max_sequences=4)  # the run's eval subset: 4 per domain
+    assert table["overall"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
+    for key, loss in summary["val_domain_losses"].items():
+        assert table["domains"][key.split("/")[1]]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert table["overall"]["perplexity"] == pytest.approx(math.exp(table["overall"]["loss"]))
+    assert table["seq_len"] == 64 and table["overall"]["sequences"] == 8
+
+
+def test_perplexity_cli_writes_json_for_another_split(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    out = tmp_path / "ppl.json"
+    main([str(run_dir), "--split", "train", "--max-sequences", "2", "--out", str(out)])
+    table = json.loads(out.read_text())
+    assert table["split"] == "train" and table["overall"]["sequences"] == 4
+    assert "| all | 4 |" in capsys.readouterr().out
