@@ -8,14 +8,18 @@ from moe.analysis.specialisation import (
     routing_saturation,
     token_id_specialisation,
 )
+from moe.analysis.summary import LayerSummary, mean_over_layers, summarise
 from moe.analysis.trace import RoutingTrace, collect_routing
 
 __all__ = [
+    "LayerSummary",
     "RoutingTrace",
     "coactivation",
     "collect_routing",
     "domain_expert_frequency",
+    "mean_over_layers",
     "mutual_information",
     "routing_saturation",
+    "summarise",
     "token_id_specialisation",
 ]
