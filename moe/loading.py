@@ -7,8 +7,8 @@
 Only the checkpoint's ``config.yaml`` and ``model.safetensors`` are read; no Hydra is needed.
 
 A Hugging Face model directory (``config.json`` + ``model.safetensors`` or its shards, and no
-moe-lab ``meta.json``) of a Llama, Mistral or Qwen2 model is imported with
-:func:`moe.interop.load_hf_dense` instead.
+moe-lab ``meta.json``) of a Llama, Mistral, Qwen2, GPT-2, Mixtral, Qwen2/3-MoE, OLMoE or DeepSeek-V3 model
+is imported with :func:`moe.interop.load_hf_dense` instead.
 """
 
 from __future__ import annotations

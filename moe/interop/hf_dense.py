@@ -1,6 +1,6 @@
 """Import Hugging Face decoder checkpoints into :class:`DecoderLM`: dense Llama, Mistral, Qwen2 and GPT-2
-(moe/interop/hf_gpt2.py), and the Mixtral and Qwen2-MoE MoEs
-(moe/interop/hf_mixtral.py, hf_qwen2_moe.py).
+(moe/interop/hf_gpt2.py), and the Mixtral, Qwen2-MoE and DeepSeek-V3 MoEs
+(moe/interop/hf_mixtral.py, hf_qwen2_moe.py, hf_deepseek_v3.py).
 
     from moe.interop import load_hf_dense
     model = load_hf_dense("path/to/hf-model-dir")   # config.json + *.safetensors, no network
@@ -19,6 +19,7 @@ instead of silently loading a different model.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,13 +28,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from moe.interop.hf_deepseek_v3 import deepseek_v3_run_config, deepseek_v3_tensor_map, is_mtp_tensor
 from moe.interop.hf_gpt2 import gpt2_model_config, gpt2_tensor_map
 from moe.interop.hf_mixtral import mixtral_run_config, mixtral_tensor_map
 from moe.interop.hf_qwen2_moe import qwen2_moe_run_config, qwen2_moe_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -72,11 +74,14 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
     # MoE models on a backbone above; their MoE parts: hf_mixtral.py, hf_qwen2_moe.py (also Qwen3-MoE,
     # which is Llama-like attention plus per-head RMSNorm on q and k)
-    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama", "olmoe": "llama"}
+    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama", "olmoe": "llama",
+                "deepseek_v3": "llama"}
     qk_norm = model_type in ("qwen3_moe", "olmoe")
     qk_norm_scope = "full" if model_type == "olmoe" else "head"  # OLMoE normalises q and k over all heads
     if cfg.get("clip_qkv") is not None:
         raise ValueError(f"{model_type}: clip_qkv={cfg['clip_qkv']} is not supported")
+    if model_type == "deepseek_v3":  # MLA: head_dim is qk_rope_head_dim; hf_deepseek_v3.py reads the MLA sizes
+        cfg = {key: value for key, value in cfg.items() if key != "head_dim"}
     if model_type in backbone:
         model_type = backbone[model_type]
         cfg = {**cfg, "model_type": model_type}
@@ -174,11 +179,12 @@ def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
         names[f"{ours}.attn_norm.weight"] = [f"{hf}.input_layernorm.weight"]
         names[f"{ours}.ffn_norm.weight"] = [f"{hf}.post_attention_layernorm.weight"]
         kinds = ("weight", "bias") if model_cfg["attention_bias"] else ("weight",)
-        for kind in kinds:
+        for kind in kinds if model_cfg.get("attention", "gqa") == "gqa" else ():  # MLA: its model's own map
             names[f"{ours}.attention.q_proj.{kind}"] = [f"{hf}.self_attn.q_proj.{kind}"]
             names[f"{ours}.attention.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
                                                          f"{hf}.self_attn.v_proj.{kind}"]
-        names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
+        if model_cfg.get("attention", "gqa") == "gqa":
+            names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
         if model_cfg["qk_norm"]:
             names[f"{ours}.attention.q_norm.weight"] = [f"{hf}.self_attn.q_norm.weight"]
             names[f"{ours}.attention.k_norm.weight"] = [f"{hf}.self_attn.k_norm.weight"]
@@ -197,7 +203,8 @@ def hf_run_config(hf_dir: str | Path, *, max_seq_len: int | None = None) -> dict
     config_json = _read_config(hf_dir)
     model_cfg = model_config_from_hf(config_json, max_seq_len=max_seq_len)
     moe_config = {"mixtral": mixtral_run_config, "qwen2_moe": qwen2_moe_run_config,
-                  "qwen3_moe": qwen2_moe_run_config, "olmoe": qwen2_moe_run_config}.get(config_json["model_type"])
+                  "qwen3_moe": qwen2_moe_run_config, "olmoe": qwen2_moe_run_config,
+                  "deepseek_v3": deepseek_v3_run_config}.get(config_json["model_type"])
     return moe_config(config_json, model_cfg) if moe_config else {"model": model_cfg}
 
 
@@ -214,6 +221,7 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     model_cfg = run_config["model"]
     model = build_model(run_config)
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
+    params.update(model.named_buffers())  # e.g. DeepSeek-V3's router bias → router.selection_bias_E
 
     handles = [safe_open(str(f), framework="pt") for f in files]
     where: dict[str, Any] = {}
@@ -229,8 +237,11 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     used: set[str] = set()
     with torch.no_grad():
         mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
+        deepseek_v3_map = functools.partial(deepseek_v3_tensor_map,
+                                            rope_interleave=bool(config_json.get("rope_interleave", True)))
         moe_map = {"mixtral": mixtral_tensor_map, "qwen2_moe": qwen2_moe_tensor_map,
-                   "qwen3_moe": qwen2_moe_tensor_map, "olmoe": qwen2_moe_tensor_map}.get(config_json["model_type"])
+                   "qwen3_moe": qwen2_moe_tensor_map, "olmoe": qwen2_moe_tensor_map,
+                   "deepseek_v3": deepseek_v3_map}.get(config_json["model_type"])
         if moe_map:
             mapping.update(moe_map(model_cfg))
         for ours, hf_names in mapping.items():
@@ -262,6 +273,8 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     unexpected = sorted(
         k for k in where if k not in used and not k.endswith(_IGNORED_SUFFIXES)
         and not (k == "lm_head.weight" and model_cfg["tie_embeddings"])
+        # DeepSeek-V3's multi-token-prediction layers after the last block (transformers skips them too)
+        and not (config_json["model_type"] == "deepseek_v3" and is_mtp_tensor(k, model_cfg["n_layers"]))
     )
     if unexpected:
         raise ValueError(f"{hf_dir} has tensors the {model_cfg['_target_']} cannot hold: {unexpected[:5]}")

@@ -1,6 +1,8 @@
-"""The decoder backbone: pre-norm blocks of (RMSNorm → GQA attention) and (RMSNorm → FFN), where
-the FFN of each block is dense SwiGLU or an :class:`moe.layer.MoELayer` according to the layer
-pattern (moe/models/pattern.py). A dense model is the same backbone with ``num_experts=0``.
+"""The decoder backbone: pre-norm blocks of (RMSNorm → attention) and (RMSNorm → FFN), where the
+attention is GQA (moe/models/attention.py) or DeepSeek's multi-head latent attention
+(``attention: mla``, moe/models/mla.py), and the FFN of each block is dense SwiGLU or an
+:class:`moe.layer.MoELayer` according to the layer pattern (moe/models/pattern.py). A dense model is the
+same backbone with ``num_experts=0``.
 
 The objective is  loss = CE(logits, next token) + Σ_layers Σ_balancers coeff · aux_loss,
 summing over MoE layers as Megatron-Core and ST-MoE do (each layer carries its own aux loss).
@@ -19,6 +21,7 @@ from torch import nn
 from moe.layer import LayerAux, MoELayer
 from moe.models.attention import Attention
 from moe.models.ffn import GELUMLP, SwiGLU
+from moe.models.mla import MLAttention
 from moe.models.pattern import moe_block_indices
 from moe.shared_expert import SharedExpert
 
@@ -45,10 +48,12 @@ class ModelOutput:
 NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
 POSITIONS = ("rope", "learned")
 MLPS = {"swiglu": SwiGLU, "gelu": GELUMLP}
+ATTENTIONS = ("gqa", "mla")
 
 
 class Block(nn.Module):
-    def __init__(self, *, attention: Attention, ffn: nn.Module, d_model: int, norm_eps: float, norm: str = "rmsnorm"):
+    def __init__(self, *, attention: Attention | MLAttention, ffn: nn.Module, d_model: int, norm_eps: float,
+                 norm: str = "rmsnorm"):
         super().__init__()
         self.attn_norm = NORMS[norm](d_model, eps=norm_eps)
         self.attention = attention
@@ -88,6 +93,12 @@ class DecoderLM(nn.Module):
         qk_norm_scope: str = "head",
         attention_bias: bool = False,
         attention_out_bias: bool = False,
+        attention: str = "gqa",
+        q_lora_rank: int | None = None,
+        kv_lora_rank: int | None = None,
+        qk_nope_head_dim: int | None = None,
+        qk_rope_head_dim: int | None = None,
+        v_head_dim: int | None = None,
         norm: str = "rmsnorm",
         position: str = "rope",
         mlp: str = "swiglu",
@@ -118,9 +129,18 @@ class DecoderLM(nn.Module):
         if num_shared_experts < 0:
             raise ValueError(f"model.num_shared_experts={num_shared_experts} must be >= 0")
         for name, value, allowed in (("norm", norm, tuple(NORMS)), ("position", position, POSITIONS),
-                                     ("mlp", mlp, tuple(MLPS))):
+                                     ("mlp", mlp, tuple(MLPS)), ("attention", attention, ATTENTIONS)):
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r} is not one of {allowed}")
+        if attention == "mla":  # MLA has its own RoPE part and no q/k norm or biases
+            for name, value, fine in (("qk_norm", qk_norm, False), ("attention_bias", attention_bias, False),
+                                      ("attention_out_bias", attention_out_bias, False),
+                                      ("position", position, "rope")):
+                if value != fine:
+                    raise ValueError(f"model.{name}={value!r} is not supported with model.attention=mla "
+                                     f"(allowed: {fine!r})")
+        mla_sizes = dict(q_lora_rank=q_lora_rank, kv_lora_rank=kv_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
+                         qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim)
         if num_experts > 0 and mlp != "swiglu":
             raise ValueError(f"model.mlp={mlp!r}: MoE experts are SwiGLU; a GELU MLP model stays dense "
                              f"(upcycle it with moe.upcycle.upcycle_module)")
@@ -136,11 +156,15 @@ class DecoderLM(nn.Module):
         self.pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None
         self.blocks = nn.ModuleList()
         for i in range(n_layers):
-            attention = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
-                                  max_seq_len=max_seq_len, rope_theta=rope_theta, qk_norm=qk_norm,
-                                  qk_norm_scope=qk_norm_scope,
-                                  norm_eps=norm_eps, attention_bias=attention_bias, out_bias=attention_out_bias,
-                                  rope=position == "rope")
+            if attention == "mla":  # n_kv_heads is unused: every head gets its own k, v from the shared latent
+                attn = MLAttention(d_model=d_model, n_heads=n_heads, max_seq_len=max_seq_len, rope_theta=rope_theta,
+                                   **mla_sizes)
+            else:
+                attn = Attention(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
+                                 max_seq_len=max_seq_len, rope_theta=rope_theta, qk_norm=qk_norm,
+                                 qk_norm_scope=qk_norm_scope,
+                                 norm_eps=norm_eps, attention_bias=attention_bias, out_bias=attention_out_bias,
+                                 rope=position == "rope")
             if i in self.moe_indices:
                 ffn = MoELayer(
                     router=router(d_model=d_model, num_experts=num_experts),
@@ -157,7 +181,7 @@ class DecoderLM(nn.Module):
                 )
             else:
                 ffn = MLPS[mlp](d_model=d_model, d_ff=d_ff)
-            self.blocks.append(Block(attention=attention, ffn=ffn, d_model=d_model, norm_eps=norm_eps, norm=norm))
+            self.blocks.append(Block(attention=attn, ffn=ffn, d_model=d_model, norm_eps=norm_eps, norm=norm))
         self.final_norm = NORMS[norm](d_model, eps=norm_eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
@@ -166,7 +190,8 @@ class DecoderLM(nn.Module):
 
     def reset_parameters(self, n_layers: int) -> None:
         """N(0, init_std) everywhere; projections into the residual stream scaled by 1/sqrt(2·L)
-        (GPT-2) so the residual variance does not grow with depth. Routers keep their own init."""
+        (GPT-2) so the residual variance does not grow with depth (GQA's and MLA's ``o_proj`` alike).
+        Routers keep their own init."""
         residual_std = self.init_std / math.sqrt(2 * n_layers)
         for name, param in self.named_parameters():
             if ".router." in name or param.dim() < 2:
