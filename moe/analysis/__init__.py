@@ -1,6 +1,7 @@
 """What experts learned: routing traces of a model over held-out data, and the specialisation,
 co-activation and saturation measures computed from them (the eval/ scripts build reports on these)."""
 
+from moe.analysis.params import param_counts
 from moe.analysis.specialisation import (
     coactivation,
     domain_expert_frequency,
@@ -19,6 +20,7 @@ __all__ = [
     "domain_expert_frequency",
     "mean_over_layers",
     "mutual_information",
+    "param_counts",
     "routing_saturation",
     "summarise",
     "token_id_specialisation",

@@ -98,3 +98,14 @@ def test_collect_routing_traces_every_moe_layer_of_a_model(smoke):
         assert torch.equal(trace.load_E, out.layer_aux[layer].routing.tokens_per_expert_E)
         assert torch.equal(trace.token_ids_T, input_ids.flatten())
         assert trace.domain_ids_T.tolist() == [0] * 32 + [1] * 48
+
+
+def test_active_parameters_count_k_of_E_routed_experts(smoke):
+    from moe.analysis import param_counts
+    from moe.models.build import build_model
+
+    model = build_model(smoke())  # 2 MoE blocks, 8 experts of d_ff 64 over d_model 64, top-2
+    counts = param_counts(model)
+    per_layer_experts = 8 * 3 * 64 * 64
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["total"] - counts["active"] == 2 * per_layer_experts * 6 // 8

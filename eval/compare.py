@@ -1,0 +1,153 @@
+"""Compare runs side by side: one table (Markdown + CSV) and the loss curves on one plot.
+
+    .venv/bin/python eval/compare.py runs/compare_balance --out docs/results/compare_balance
+    .venv/bin/python eval/compare.py runs/a runs/b runs/c --out runs/a_vs_b_vs_c
+
+Each argument is a run directory (it has summary.json) or a directory of runs, such as a Hydra
+multirun directory (each job's sub-directory is one run, named after its overrides). Per run:
+
+- final val loss and perplexity, overall and per domain (summary.json);
+- MaxVio_global: mean over MoE layers of MaxVio over the final eval set, and MaxVio_batch: its mean
+  over the training log records of the last quarter of the run (metrics.jsonl);
+- specialisation: mean over layers of I(domain; expert) in nats and the TopK score sum, from routing
+  the first ``--sequences-per-domain`` validation sequences per domain through the final checkpoint
+  (``--no-routing`` skips this);
+- tokens/s: the median over the run's log records;
+- parameters, total and active per token (moe/analysis/params.py).
+
+Writes OUT/compare.md, OUT/compare.csv and OUT/loss_curves.png (train LM loss, and val loss at the
+evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_and_data import eval_data, load, model_max_seq_len  # noqa: E402
+
+from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise  # noqa: E402
+from moe.evaluation import eval_indices  # noqa: E402
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (with summary.json) given directly or one level below, in a stable order."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "summary.json").is_file():
+            runs.append(path)
+            continue
+        found = sorted((p for p in path.glob("*") if (p / "summary.json").is_file()),
+                       key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 1 << 30, p.name))
+        if not found:
+            raise FileNotFoundError(f"{path} is neither a finished run (no summary.json) nor a directory of runs")
+        runs.extend(found)
+    return runs
+
+
+def read_records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _mean_layers(record: dict, prefix: str, stat: str) -> float:
+    values = [v for k, v in record.items() if k.startswith(prefix + "layer") and k.endswith("/" + stat)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    records = read_records(run)
+    train = [r for r in records if "lm_loss" in r]
+    evals = [r for r in records if "val/loss" in r]
+    row = {"run": run.name, "steps": summary["step"], "val_loss": summary["val_loss"],
+           "val_ppl": math.exp(summary["val_loss"]) if summary["val_loss"] is not None else math.nan}
+    for key, loss in summary["val_domain_losses"].items():
+        row[f"val_loss/{key.split('/')[1]}"] = loss
+    row["max_vio_global"] = _mean_layers(evals[-1], "val/", "max_vio") if evals else math.nan
+    tail = train[-max(1, len(train) // 4):]
+    row["max_vio_batch"] = statistics.fmean(r.get("moe/max_vio", math.nan) for r in tail) if tail else math.nan
+    speeds = [r["tokens_per_s"] for r in train if "tokens_per_s" in r]
+    row["tokens_per_s"] = statistics.median(speeds) if speeds else math.nan
+    model, config = load(run)
+    row.update({f"params_{k}": v for k, v in param_counts(model).items()})
+    row["domain_mi"] = row["topk_score_sum"] = math.nan
+    if routing and model.moe_layers:
+        data = eval_data(run, config, [], model_max_seq_len(model))
+        ids = eval_indices(data.val.domain_ids, sequences_per_domain)
+        traces = collect_routing(model, data.val.input_ids[ids, :-1], data.val.domain_ids[ids])
+        summaries = summarise(traces, data.domains)
+        row["domain_mi"] = mean_over_layers(summaries, "domain_mi")
+        row["topk_score_sum"] = mean_over_layers(summaries, "topk_score_sum")
+    return row
+
+
+def plot_curves(runs: list[Path], out: Path) -> None:
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        records = read_records(run)
+        train = [(r["step"], r["lm_loss"]) for r in records if "lm_loss" in r]
+        val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
+        if train:
+            ax_train.plot(*zip(*train), label=run.name, linewidth=1)
+        if val:
+            ax_val.plot(*zip(*val), marker="o", label=run.name, linewidth=1)
+    ax_train.set(xlabel="optimizer step", ylabel="train LM loss (nats/token)", title="training")
+    ax_val.set(xlabel="optimizer step", ylabel="val loss (nats/token)", title="validation")
+    for ax in (ax_train, ax_val):
+        ax.grid(alpha=0.3)
+    ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequences_per_domain: int = 32) -> list[dict]:
+    runs = find_runs(paths)
+    rows = [run_row(run, routing=routing, sequences_per_domain=sequences_per_domain) for run in runs]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    plot_curves(runs, out / "loss_curves.png")
+    (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="run directories or directories of runs (Hydra multirun)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-routing", action="store_true", help="skip the specialisation columns")
+    parser.add_argument("--sequences-per-domain", type=int, default=32)
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    rows = compare(args.paths, args.out, routing=not args.no_routing, sequences_per_domain=args.sequences_per_domain)
+    print((args.out / "compare.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()
