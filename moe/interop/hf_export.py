@@ -1,0 +1,405 @@
+"""The conversion half of :func:`moe.interop.save_hf`: a moe-lab :class:`DecoderLM` → a Hugging Face
+``config.json`` dict and the tensors of its ``model.safetensors``, in the per-expert (v4 legacy) layout
+that transformers 5.24 ``save_pretrained`` writes and ``from_pretrained`` merges into fused experts
+(METHODS.md part 4 §3). No I/O and no ``transformers`` import: the config is a plain dict.
+
+Everything is read off the model's modules (widths, heads, norms, biases, routers, shared experts,
+balancers), so an upcycled or hand-edited model exports as it is; only RoPE's θ, which the model keeps
+only as a cos/sin table, comes from the run config (and is checked against that table).
+
+Which ``model_type`` (``arch``; the first that fits in this order when not forced)::
+
+    moe-lab model                                         HF model_type   conversions
+    dense, RMSNorm+RoPE+SwiGLU, no biases, no qk_norm      llama
+    dense, ... + attention_bias (q/k/v)                    qwen2           (forced on a bias-free model:
+                                                                            zero q/k/v biases)
+    dense, ... + qk_norm head                              qwen3           (moe-lab's import cannot read
+                                                                            qwen3 back yet)
+    dense, layernorm + learned + gelu                      gpt2            Conv1D [in, out] = our weightᵀ;
+                                                                            c_attn = [q; k; v]ᵀ; missing
+                                                                            q/k/v/o biases written as zeros
+    MoE TopKRouter topk_then_softmax, every block MoE,     mixtral         router_aux_loss_coef = coeff / k
+      no qk_norm, no biases, no shared expert
+    MoE TopKRouter, qk_norm head, no shared expert         qwen3_moe       norm_topk_prob = (order ==
+                                                                            topk_then_softmax);
+                                                                            mlp_only_layers = dense blocks
+    MoE TopKRouter, qk_norm full, every block MoE,         olmoe           norm_topk_prob as above
+      no shared expert
+    MoE TopKRouter, no qk_norm (any order, dense blocks,   qwen2_moe       zero q/k/v biases when the model
+      q/k/v biases, one gated shared expert)                                has none; no shared expert = a
+                                                                            zero shared expert of width 1
+                                                                            (output exactly 0)
+    MoE SigmoidRouter, or model.attention=mla              deepseek_v3     TODO (lead): not implemented
+
+Common to every target: our ``kv_proj`` rows are [K heads; V heads] → ``k_proj``, ``v_proj``; expert
+stacks ``w_*_EDF`` / ``w_down_EFD`` ([E, in, out], "x @ w") → per expert ``nn.Linear`` weights [out, in]
+(Mixtral ``w1``/``w3``/``w2``, others ``gate_proj``/``up_proj``/``down_proj``); the router's
+``weight_ED`` → ``gate.weight``; ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
+``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32.
+
+Refused (ValueError, naming the option and what would export): routers other than TopKRouter (e.g.
+expert_choice, hash, sinkhorn: HF MoEs are softmax token choice), a non-zero ``selection_bias_E`` (the
+aux_free balancer's; HF softmax routers have no bias), ``capacity_factor`` / ``eval_capacity_factor``
+(HF is dropless), router jitter (Mixtral's jitter also scales the experts' input, ours only the
+router's), an ungated shared expert (DeepSeek's; deepseek_v3 later), a bias on ``o_proj`` outside gpt2,
+mixed norm/position/MLP combinations, and per-layer differences HF cannot express.
+
+Balancers are training-only: ``switch_aux`` becomes ``router_aux_loss_coef = coeff / k`` (HF's loss is k
+at balance, ours 1 — the inverse of the import's k × coef) with ``output_router_logits: false`` (HF's
+default, so HF adds no aux loss unless asked). HF pools f and P over all layers; ours sums the
+per-layer losses, so the coefficient matches per layer, not in total. z_loss, aux_free, seq_aux,
+importance, remoe_l1 and the other balancers have no HF counterpart and are not exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from moe.balance.switch_aux import SwitchAuxLoss
+from moe.experts.swiglu import SwiGLUExperts
+from moe.layer import MoELayer
+from moe.models.attention import Attention, rope_cos_sin
+from moe.models.decoder import DecoderLM
+from moe.models.ffn import GELUMLP, SwiGLU
+from moe.routers.sigmoid import SigmoidRouter
+from moe.routers.top_k import TopKRouter
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "gpt2": "GPT2LMHeadModel", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                 "olmoe": "OlmoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
+DENSE_TARGETS = ("llama", "qwen2", "qwen3", "gpt2")
+MOE_TARGETS = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe")  # also the order tried when arch is not forced
+EXPORTABLE_ROUTERS = ("TopKRouter (router=top_k) → mixtral, qwen2_moe, qwen3_moe, olmoe; "
+                      "SigmoidRouter (router=sigmoid) → deepseek_v3 (not implemented yet)")
+
+
+@dataclass
+class ModelFacts:
+    """What the export needs to know about a model, read off its modules."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    norm_eps: float
+    norm: str                  # rmsnorm | layernorm
+    position: str              # rope | learned
+    mlp: str                   # swiglu | gelu (of the dense blocks)
+    qk_norm: str | None        # None | head | full
+    qkv_bias: bool
+    out_bias: bool
+    tied: bool
+    d_ff: int | None           # dense blocks' FFN width (None: no dense block)
+    moe_layers: list[int] = field(default_factory=list)
+    num_experts: int = 0
+    top_k: int = 0
+    expert_d_ff: int = 0
+    order: str = ""
+    shared_d_ff: int = 0       # the (summed) shared expert width, 0 = none
+    shared_gate: bool = False
+    aux_coeff: float = 0.0     # switch_aux coefficient (ours: 1 at balance)
+
+
+def _single(values: set, what: str) -> Any:
+    """The one value every layer agrees on; HF configs hold a single value per field."""
+    if len(values) != 1:
+        raise ValueError(f"{what} differs between layers ({sorted(values, key=str)}); a HF config holds one value")
+    return next(iter(values))
+
+
+def _check_router(router: nn.Module, i: int) -> None:
+    if isinstance(router, SigmoidRouter):
+        # TODO(lead): SigmoidRouter → deepseek_v3 export goes here once the DeepSeek-V3 import has landed.
+        raise ValueError(f"block {i}: SigmoidRouter would export as deepseek_v3, which save_hf does not support "
+                         f"yet; exportable routers: {EXPORTABLE_ROUTERS}")
+    if type(router) is not TopKRouter:
+        raise ValueError(f"block {i}: router {type(router).__name__} has no Hugging Face equivalent (HF MoEs route "
+                         f"by softmax top-k token choice); exportable routers: {EXPORTABLE_ROUTERS}")
+    if router.jitter_eps:
+        raise ValueError(f"block {i}: router.jitter_eps={router.jitter_eps} has no HF equivalent (Mixtral's "
+                         f"router_jitter_noise also scales the experts' input); set router.jitter_eps=0")
+    if torch.any(router.selection_bias_E != 0):
+        raise ValueError(f"block {i}: the router's selection_bias_E is non-zero (aux_free balancing); HF softmax "
+                         f"routers have no selection bias, so the exported model would route differently")
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    """Read the architecture off a :class:`DecoderLM`. Raises ValueError for what no HF model has."""
+    if not isinstance(model, DecoderLM):
+        raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
+    blocks = list(model.blocks)
+    for i, block in enumerate(blocks):
+        if not isinstance(block.attention, Attention):
+            # TODO(lead): multi-head latent attention (model.attention=mla) → deepseek_v3, with SigmoidRouter.
+            raise ValueError(f"block {i}: {type(block.attention).__name__} (model.attention=mla) would export as "
+                             f"deepseek_v3, which save_hf does not support yet; exportable: model.attention=gqa")
+    attn = blocks[0].attention
+    norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))]
+    norm_kinds = {type(m).__name__ for b in blocks for m in (b.attn_norm, b.ffn_norm)} | {
+        type(model.final_norm).__name__}
+    qk = {None if b.attention.q_norm is None else ("full" if b.attention.qk_norm_full else "head") for b in blocks}
+    facts = ModelFacts(
+        vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
+        n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads, head_dim=attn.head_dim, max_seq_len=model.max_seq_len,
+        norm_eps=float(_single({m.eps for m in norms}, "the norm eps")),
+        norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
+        position="learned" if model.pos_embed is not None else "rope",
+        mlp="swiglu", qk_norm=_single(qk, "qk_norm"),
+        qkv_bias=_single({b.attention.q_proj.bias is not None for b in blocks}, "attention_bias"),
+        out_bias=_single({b.attention.o_proj.bias is not None for b in blocks}, "attention_out_bias"),
+        tied=model.lm_head.weight is model.embed.weight, d_ff=None)
+    if facts.position == "rope" and not _single({b.attention.rope for b in blocks}, "rope"):
+        raise ValueError("a model without RoPE and without learned positions has no HF equivalent")
+
+    dense = [b.ffn for b in blocks if not isinstance(b.ffn, MoELayer)]
+    if dense:
+        for ffn in dense:
+            if not isinstance(ffn, (SwiGLU, GELUMLP)):
+                raise ValueError(f"dense FFN {type(ffn).__name__} has no HF equivalent (SwiGLU or GELU MLP)")
+        facts.mlp = _single({"gelu" if isinstance(f, GELUMLP) else "swiglu" for f in dense}, "model.mlp")
+        facts.d_ff = _single({(f.fc if isinstance(f, GELUMLP) else f.gate).out_features for f in dense},
+                             "the dense FFN width d_ff")
+
+    moe = [(i, b.ffn) for i, b in enumerate(blocks) if isinstance(b.ffn, MoELayer)]
+    if not moe:
+        return facts
+    facts.moe_layers = [i for i, _ in moe]
+    for i, layer in moe:
+        _check_router(layer.router, i)
+        if layer.capacity_factor is not None or layer.eval_capacity_factor is not None:
+            raise ValueError(f"block {i}: model.capacity_factor={layer.capacity_factor} / eval_capacity_factor="
+                             f"{layer.eval_capacity_factor}: HF MoEs are dropless; set both to null to export")
+        if not isinstance(layer.experts, SwiGLUExperts):
+            raise ValueError(f"block {i}: experts {type(layer.experts).__name__} are not SwiGLU experts")
+        shared = layer.shared_expert
+        if shared is not None and not isinstance(shared.ffn, SwiGLU):
+            raise ValueError(f"block {i}: shared expert {type(shared.ffn).__name__} is not SwiGLU")
+    facts.num_experts = _single({layer.experts.num_experts for _, layer in moe}, "num_experts")
+    facts.top_k = _single({layer.router.top_k for _, layer in moe}, "router.top_k")
+    facts.expert_d_ff = _single({layer.experts.d_ff for _, layer in moe}, "the expert width expert_d_ff")
+    facts.order = _single({layer.router.order for _, layer in moe}, "router.order")
+    facts.shared_d_ff = _single({0 if layer.shared_expert is None else layer.shared_expert.ffn.gate.out_features
+                                 for _, layer in moe}, "the shared expert")
+    facts.shared_gate = _single({layer.shared_expert is not None and layer.shared_expert.gate is not None
+                                 for _, layer in moe}, "shared_expert_gate")
+    coeffs = set()
+    for _, layer in moe:
+        switch = [b.coeff for b in layer.balancers.values() if isinstance(b, SwitchAuxLoss)]
+        if len(switch) > 1:
+            raise ValueError("more than one switch_aux balancer per layer; HF has a single router_aux_loss_coef")
+        coeffs.add(switch[0] if switch else 0.0)
+    facts.aux_coeff = _single(coeffs, "the switch_aux coefficient")
+    return facts
+
+
+def arch_problems(arch: str, f: ModelFacts) -> list[str]:
+    """Why ``arch`` cannot hold this model exactly (empty: it can)."""
+    if arch not in ARCHITECTURES:
+        return [f"arch={arch!r} is not one of {', '.join(ARCHITECTURES)}"]
+    problems = []
+    if arch in DENSE_TARGETS and f.moe_layers:
+        problems.append(f"{arch} is dense but blocks {f.moe_layers} are MoE")
+    if arch in MOE_TARGETS and not f.moe_layers:
+        problems.append(f"{arch} is an MoE but the model has no MoE block")
+    if arch == "gpt2":
+        for name, value, want in (("norm", f.norm, "layernorm"), ("position", f.position, "learned"),
+                                  ("mlp", f.mlp, "gelu")):
+            if value != want:
+                problems.append(f"model.{name}={value!r} (gpt2 needs {want!r})")
+        if f.n_kv_heads != f.n_heads:
+            problems.append(f"n_kv_heads={f.n_kv_heads} < n_heads={f.n_heads} (gpt2 has no grouped-query attention)")
+        if f.qk_norm:
+            problems.append("qk_norm (gpt2 has none)")
+        return problems
+    for name, value, want in (("norm", f.norm, "rmsnorm"), ("position", f.position, "rope"), ("mlp", f.mlp, "swiglu")):
+        if value != want:
+            problems.append(f"model.{name}={value!r} ({arch} needs {want!r}; only gpt2 has layernorm/learned/gelu, "
+                            f"and needs all three)")
+    want_qk = {"qwen3": "head", "qwen3_moe": "head", "olmoe": "full"}.get(arch)
+    if f.qk_norm != want_qk:
+        problems.append(f"qk_norm={'off' if f.qk_norm is None else 'on, qk_norm_scope=' + f.qk_norm} "
+                        f"({arch} has {'no qk_norm' if want_qk is None else 'qk_norm_scope=' + want_qk})")
+    if f.out_bias:
+        problems.append(f"attention_out_bias (a bias on o_proj; {arch} has none)")
+    if f.qkv_bias and arch not in ("qwen2", "qwen2_moe"):
+        problems.append(f"attention_bias (q/k/v biases; only qwen2 / qwen2_moe have them, {arch} does not)")
+    if arch in ("mixtral", "olmoe") and f.moe_layers and len(f.moe_layers) != f.n_layers:
+        problems.append(f"dense blocks {sorted(set(range(f.n_layers)) - set(f.moe_layers))} ({arch} makes every "
+                        f"block MoE; qwen2_moe / qwen3_moe have mlp_only_layers)")
+    if arch == "mixtral" and f.order and f.order != "topk_then_softmax":
+        problems.append(f"router.order={f.order} (mixtral always renormalises the top-k weights: "
+                        f"topk_then_softmax)")
+    if f.shared_d_ff and arch != "qwen2_moe":
+        problems.append(f"a shared expert ({arch} has none; qwen2_moe has one, gated)")
+    if arch == "qwen2_moe" and f.shared_d_ff and not f.shared_gate:
+        problems.append("an ungated shared expert (qwen2_moe scales it by sigmoid(w·x); ungated shared experts "
+                        "are DeepSeek's: deepseek_v3, not exportable yet)")
+    return problems
+
+
+def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
+    """``arch`` if it holds the model exactly, else the first target that does; ValueError otherwise."""
+    if arch is not None:
+        problems = arch_problems(arch, f)
+        if problems:
+            raise ValueError(f"arch={arch!r} cannot represent this model: {'; '.join(problems)}")
+        return arch
+    candidates = MOE_TARGETS if f.moe_layers else DENSE_TARGETS
+    reasons = {}
+    for candidate in candidates:
+        reasons[candidate] = arch_problems(candidate, f)
+        if not reasons[candidate]:
+            return candidate
+    detail = " | ".join(f"{c}: {'; '.join(r)}" for c, r in reasons.items())
+    raise ValueError(f"no Hugging Face architecture represents this model exactly — {detail}")
+
+
+def hf_config(arch: str, f: ModelFacts, rope_theta: float | None) -> dict[str, Any]:
+    """The ``config.json`` of ``arch`` for this model (every field the forward depends on is explicit, so
+    class defaults such as Qwen3's head_dim=128 or a sliding window of 4096 never apply)."""
+    common = {"architectures": [ARCHITECTURES[arch]], "model_type": arch, "vocab_size": f.vocab_size,
+              "tie_word_embeddings": f.tied, "dtype": "float32", "use_cache": True,
+              # moe-lab knows no tokenizer; null instead of the class defaults (e.g. GPT-2's 50256)
+              "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if arch == "gpt2":
+        return {**common, "n_embd": f.d_model, "n_layer": f.n_layers, "n_head": f.n_heads, "n_inner": f.d_ff,
+                "n_positions": f.max_seq_len, "activation_function": "gelu_new",  # our GELU is the tanh one
+                "layer_norm_epsilon": f.norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False}
+    cfg = {**common, "hidden_size": f.d_model, "intermediate_size": f.d_ff or f.expert_d_ff,
+           "num_hidden_layers": f.n_layers, "num_attention_heads": f.n_heads, "num_key_value_heads": f.n_kv_heads,
+           "head_dim": f.head_dim, "hidden_act": "silu", "max_position_embeddings": f.max_seq_len,
+           "rms_norm_eps": f.norm_eps, "rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta)},
+           "attention_dropout": 0.0}
+    if arch in ("llama", "qwen3", "qwen3_moe", "olmoe"):
+        cfg.update(attention_bias=False)  # in these four it would put a bias on o_proj too
+    if arch == "llama":
+        cfg.update(mlp_bias=False, pretraining_tp=1)
+    if arch in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
+        cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=f.n_layers)
+    if arch == "mixtral":
+        cfg.update(sliding_window=None, intermediate_size=f.expert_d_ff, num_local_experts=f.num_experts,
+                   router_jitter_noise=0.0)
+    if arch in ("qwen2_moe", "qwen3_moe", "olmoe"):
+        cfg.update(num_experts=f.num_experts, norm_topk_prob=f.order == "topk_then_softmax")
+    if arch in ("qwen2_moe", "qwen3_moe"):
+        dense = sorted(set(range(f.n_layers)) - set(f.moe_layers))
+        cfg.update(moe_intermediate_size=f.expert_d_ff, decoder_sparse_step=1, mlp_only_layers=dense)
+    if arch == "qwen2_moe":
+        cfg.update(qkv_bias=True, shared_expert_intermediate_size=f.shared_d_ff or 1)
+    if arch == "olmoe":
+        cfg.update(intermediate_size=f.expert_d_ff, clip_qkv=None)
+    if arch in MOE_TARGETS:
+        cfg.update(num_experts_per_tok=f.top_k, router_aux_loss_coef=f.aux_coeff / f.top_k,
+                   output_router_logits=False)
+    return cfg
+
+
+def _gpt2_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
+    D = f.d_model
+    t = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": model.pos_embed.weight,
+         "transformer.ln_f.weight": model.final_norm.weight, "transformer.ln_f.bias": model.final_norm.bias}
+    for i, block in enumerate(model.blocks):
+        h, a, ffn = f"transformer.h.{i}", block.attention, block.ffn
+        for ours, theirs in ((block.attn_norm, "ln_1"), (block.ffn_norm, "ln_2")):
+            t[f"{h}.{theirs}.weight"], t[f"{h}.{theirs}.bias"] = ours.weight, ours.bias
+        # Conv1D stores [in, out]: c_attn = [W_q; W_k; W_v]ᵀ (our kv_proj rows are already K then V)
+        t[f"{h}.attn.c_attn.weight"] = torch.cat((a.q_proj.weight, a.kv_proj.weight)).T
+        t[f"{h}.attn.c_attn.bias"] = (torch.cat((a.q_proj.bias, a.kv_proj.bias)) if f.qkv_bias
+                                      else torch.zeros(3 * D))
+        t[f"{h}.attn.c_proj.weight"] = a.o_proj.weight.T
+        t[f"{h}.attn.c_proj.bias"] = a.o_proj.bias if f.out_bias else torch.zeros(D)
+        t[f"{h}.mlp.c_fc.weight"], t[f"{h}.mlp.c_fc.bias"] = ffn.fc.weight.T, ffn.fc.bias
+        t[f"{h}.mlp.c_proj.weight"], t[f"{h}.mlp.c_proj.bias"] = ffn.proj.weight.T, ffn.proj.bias
+    if not f.tied:
+        t["lm_head.weight"] = model.lm_head.weight
+    return t
+
+
+def _moe_tensors(arch: str, layer: MoELayer, prefix: str, f: ModelFacts) -> dict[str, torch.Tensor]:
+    t = {f"{prefix}.gate.weight": layer.router.weight_ED}
+    names = ("w1", "w3", "w2") if arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    stacks = (layer.experts.w_gate_EDF, layer.experts.w_up_EDF, layer.experts.w_down_EFD)
+    for name, stack in zip(names, stacks):
+        for e in range(f.num_experts):  # our [in, out] ("x @ w") → nn.Linear's [out, in]
+            t[f"{prefix}.experts.{e}.{name}.weight"] = stack[e].T
+    if arch == "qwen2_moe":
+        shared = layer.shared_expert
+        if shared is None:
+            # Qwen2-MoE always has one: width 1, all zeros, adds exactly sigmoid(0)·0 = 0. (Width 0 also works
+            # in transformers, but moe-lab's import reads width 0 as "no shared expert" and refuses the tensors.)
+            D = f.d_model
+            t.update({f"{prefix}.shared_expert.gate_proj.weight": torch.zeros(1, D),
+                      f"{prefix}.shared_expert.up_proj.weight": torch.zeros(1, D),
+                      f"{prefix}.shared_expert.down_proj.weight": torch.zeros(D, 1),
+                      f"{prefix}.shared_expert_gate.weight": torch.zeros(1, D)})
+        else:
+            for proj in ("gate", "up", "down"):
+                t[f"{prefix}.shared_expert.{proj}_proj.weight"] = getattr(shared.ffn, proj).weight
+            t[f"{prefix}.shared_expert_gate.weight"] = shared.gate.weight
+    return t
+
+
+def hf_tensors(arch: str, model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
+    """HF tensor name → float32, contiguous, unshared CPU tensor (what safetensors.save_file accepts)."""
+    if arch == "gpt2":
+        t = _gpt2_tensors(model, f)
+    else:
+        t = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.weight}
+        if not f.tied:
+            t["lm_head.weight"] = model.lm_head.weight
+        zero_bias = arch in ("qwen2", "qwen2_moe")  # their q/k/v always carry a bias
+        for i, block in enumerate(model.blocks):
+            p, a = f"model.layers.{i}", block.attention
+            t[f"{p}.input_layernorm.weight"] = block.attn_norm.weight
+            t[f"{p}.post_attention_layernorm.weight"] = block.ffn_norm.weight
+            t[f"{p}.self_attn.q_proj.weight"] = a.q_proj.weight
+            t[f"{p}.self_attn.k_proj.weight"], t[f"{p}.self_attn.v_proj.weight"] = a.kv_proj.weight.chunk(2)
+            t[f"{p}.self_attn.o_proj.weight"] = a.o_proj.weight
+            if f.qkv_bias or zero_bias:
+                q_bias = a.q_proj.bias if f.qkv_bias else torch.zeros(a.q_proj.out_features)
+                kv_bias = a.kv_proj.bias if f.qkv_bias else torch.zeros(a.kv_proj.out_features)
+                t[f"{p}.self_attn.q_proj.bias"] = q_bias
+                t[f"{p}.self_attn.k_proj.bias"], t[f"{p}.self_attn.v_proj.bias"] = kv_bias.chunk(2)
+            if a.q_norm is not None:
+                t[f"{p}.self_attn.q_norm.weight"], t[f"{p}.self_attn.k_norm.weight"] = a.q_norm.weight, a.k_norm.weight
+            if isinstance(block.ffn, MoELayer):
+                prefix = f"{p}.block_sparse_moe" if arch == "mixtral" else f"{p}.mlp"
+                t.update(_moe_tensors(arch, block.ffn, prefix, f))
+            else:
+                for proj in ("gate", "up", "down"):
+                    t[f"{p}.mlp.{proj}_proj.weight"] = getattr(block.ffn, proj).weight
+    return {name: value.detach().to("cpu", torch.float32).clone(memory_format=torch.contiguous_format)
+            for name, value in t.items()}
+
+
+def check_rope_theta(model: DecoderLM, rope_theta: float) -> None:
+    """The model keeps θ only as its cos table; a config whose θ does not rebuild that table is wrong."""
+    attn = model.blocks[0].attention
+    cos_SR, _ = rope_cos_sin(attn.max_seq_len, attn.head_dim, float(rope_theta))
+    table = attn.rope_cos_SR.detach().to("cpu", torch.float32)
+    atol = 1e-5 if attn.rope_cos_SR.dtype == torch.float32 else 1e-2
+    if not torch.allclose(table, cos_SR, atol=atol):
+        raise ValueError(f"rope_theta={rope_theta} from the config does not match the model's RoPE table; "
+                         f"pass the config the model was built from")
+
+
+def export_hf(model: nn.Module, *, rope_theta: float | None, arch: str | None = None
+              ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(model_type, config.json dict, safetensors tensors) for ``model``; ``rope_theta`` is needed for
+    RoPE models. Raises ValueError when no (or not the forced) HF architecture holds the model exactly."""
+    facts = model_facts(model)
+    arch = choose_arch(facts, arch)
+    if arch != "gpt2":
+        if rope_theta is None:
+            raise ValueError("a RoPE model needs rope_theta: pass config= (the run config the model was built from)")
+        check_rope_theta(model, rope_theta)
+    return arch, hf_config(arch, facts, rope_theta), hf_tensors(arch, model, facts)
