@@ -4,6 +4,13 @@ Each epoch is a fresh seeded permutation of the packed sequences; consecutive mi
 sequences are cut from it, interleaved over data-parallel ranks. Because the batch of a micro-step
 depends on nothing else, resuming at micro-step m continues the exact data order of an uninterrupted
 run — the "data position" of a checkpoint is just m.
+
+``domain_pure=True`` (``trainer.domain_pure_batches``) cuts every micro-batch from one domain: each
+domain's sequences are permuted and cut on their own, and the micro-batches take the domains in turn
+(code, prose, code, prose, ...; a domain that runs out drops out of the rotation). With gradient
+accumulation over as many micro-steps as there are domains, each optimizer step still sees every
+domain, but each micro-batch is homogeneous — the setting of Qiu et al. 2501.11873 in which the scope
+of the balance loss (micro-batch vs global batch) decides whether experts may specialise by domain.
 """
 
 from __future__ import annotations
@@ -12,23 +19,42 @@ import torch
 
 
 class MicroBatchSchedule:
-    def __init__(self, *, num_sequences: int, batch_size: int, seed: int,
-                 num_processes: int = 1, process_index: int = 0):
-        self.batches_per_epoch = num_sequences // batch_size
+    def __init__(self, *, num_sequences: int, batch_size: int, seed: int, num_processes: int = 1,
+                 process_index: int = 0, domain_ids: torch.Tensor | None = None, domain_pure: bool = False):
+        if domain_pure and domain_ids is None:
+            raise ValueError("domain-pure micro-batches need the domain of every training sequence")
+        self.domain_members = (
+            [torch.nonzero(domain_ids == d).flatten() for d in domain_ids.unique()] if domain_pure else None
+        )
+        if self.domain_members is not None:
+            self.batches_per_epoch = sum(len(m) // batch_size for m in self.domain_members)
+        else:
+            self.batches_per_epoch = num_sequences // batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(
                 f"trainer.batch_size={batch_size} exceeds the {num_sequences} training sequences of the data"
+                + (" in every domain (domain-pure batches)" if domain_pure else "")
             )
         self.num_sequences, self.batch_size, self.seed = num_sequences, batch_size, seed
         self.num_processes, self.process_index = num_processes, process_index
-        self._epoch, self._permutation = -1, None
+        self._epoch, self._batches = -1, None
+
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.domain_members is None:
+            return list(torch.randperm(self.num_sequences, generator=generator).split(self.batch_size))[
+                :self.batches_per_epoch]
+        per_domain = []
+        for members in self.domain_members:
+            shuffled = members[torch.randperm(len(members), generator=generator)]
+            per_domain.append(list(shuffled.split(self.batch_size))[:len(members) // self.batch_size])
+        rounds = max(len(batches) for batches in per_domain)
+        return [batches[i] for i in range(rounds) for batches in per_domain if i < len(batches)]
 
     def indices(self, micro_step: int) -> torch.Tensor:
         """Sequence indices [B] of this rank's micro-batch at ``micro_step``."""
         global_batch = micro_step * self.num_processes + self.process_index
         epoch, batch_in_epoch = divmod(global_batch, self.batches_per_epoch)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._permutation = epoch, torch.randperm(self.num_sequences, generator=generator)
-        start = batch_in_epoch * self.batch_size
-        return self._permutation[start:start + self.batch_size]
+            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
+        return self._batches[batch_in_epoch]
