@@ -34,9 +34,12 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    loss_mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Token-weighted mean loss (nats/token) over all and per domain, plus per-layer routing stats.
-    ``autocast`` makes a fresh precision context per batch (e.g. ``accelerator.autocast``)."""
+    ``autocast`` makes a fresh precision context per batch (e.g. ``accelerator.autocast``).
+    ``loss_mask`` [N, S+1] (bool, as ``PackedDataset.loss_mask``) counts only the target tokens it
+    marks (chat data: the responses); None counts every token."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros(len(domains), dtype=torch.float64)
@@ -50,8 +53,13 @@ def evaluate(
             out = model(batch[:, :-1])
         token_loss_BS = F.cross_entropy(out.logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
         seq_domain = domain_ids[start:start + batch_size]
-        loss_sum.index_add_(0, seq_domain, token_loss_BS.sum(dim=1).double().cpu())
-        token_count.index_add_(0, seq_domain, torch.full_like(seq_domain, batch.shape[1] - 1).double())
+        if loss_mask is None:
+            loss_sum.index_add_(0, seq_domain, token_loss_BS.sum(dim=1).double().cpu())
+            token_count.index_add_(0, seq_domain, torch.full_like(seq_domain, batch.shape[1] - 1).double())
+        else:
+            mask_BS = loss_mask[start:start + batch_size, 1:].to(device)
+            loss_sum.index_add_(0, seq_domain, torch.where(mask_BS, token_loss_BS, 0.0).sum(dim=1).double().cpu())
+            token_count.index_add_(0, seq_domain, mask_BS.sum(dim=1).double().cpu())
         num_batches += 1
         for layer, aux in out.layer_aux.items():
             loads[layer] = loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# What trainer.freeze holds fixed (moe/finetune.py freeze_parameters): nothing, every router parameter,
+# the routed experts' weights, or everything except the routed experts' weights (Aurora-style fine-tuning).
+FREEZE = ("none", "router", "experts", "all_but_experts")
 
 
 def from_mapping(cls, values: dict[str, Any], node: str):
@@ -44,8 +47,16 @@ class TrainerConfig:
     cpu: bool = False  # train on the CPU even when an accelerator is present
     compile_moe: bool = False  # torch.compile each MoE layer in place (nn.Module.compile)
     progress: bool = True
+    domain_pure_batches: bool = False  # each micro-batch from one domain, domains in turn (moe/batches.py)
+    freeze: str | tuple[str, ...] = "none"  # one of FREEZE, or a list of them (their union is frozen)
 
     def __post_init__(self):
+        freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
+        _require(bool(freeze) and all(f in FREEZE for f in freeze),
+                 f"trainer.freeze={self.freeze!r} is not one of {FREEZE} (or a list of them)")
+        _require(len(freeze) == 1 or "none" not in freeze,
+                 f"trainer.freeze={list(freeze)}: 'none' combines with nothing")
+        object.__setattr__(self, "freeze", freeze)  # normalised to a tuple (the dataclass is frozen)
         _require(isinstance(self.max_steps, int) and self.max_steps >= 0,
                  f"trainer.max_steps={self.max_steps!r} must be an integer >= 0 (0: only write the initial checkpoint)")
         for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every",

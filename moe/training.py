@@ -7,10 +7,19 @@ logging, eval and checkpoints — happens only when ``accelerator.sync_gradients
 
 The model is built from the config and initialised by the ``init`` node (moe/upcycle/init.py:
 scratch, a checkpoint, or upcycled from a dense model); ``trainer.max_steps=0`` only evaluates it and
-writes it as the step-0 checkpoint. Resume (``trainer.resume=true``) restores weights, optimizer,
-scheduler and RNG states from the latest checkpoint of ``run_dir`` and continues at its micro-step,
-so the losses after resuming equal those of an uninterrupted run. SIGINT/SIGTERM finish the current
-optimizer step, save a checkpoint and return.
+writes it as the step-0 checkpoint. ``init=checkpoint`` first replaces the config nodes named by
+``init.config_from_checkpoint`` with the checkpoint's (a moe-lab config.yaml, or a HF config.json), so
+a Hugging Face model is fine-tuned without retyping its architecture and the run's config.yaml
+rebuilds the fine-tuned model; ``data.tokenizer=auto`` becomes init.path's tokenizer.json (if any).
+
+Data may carry a loss mask (chat data: responses only); masked targets are -100, which the model's
+cross-entropy skips, in training and evaluation alike. ``trainer.freeze`` turns off gradients of the
+router, the routed experts, or everything but the routed experts, and leaves them out of the optimizer.
+
+Resume (``trainer.resume=true``) restores weights, optimizer, scheduler and RNG states from the
+latest checkpoint of ``run_dir`` and continues at its micro-step, so the losses after resuming equal
+those of an uninterrupted run. SIGINT/SIGTERM finish the current optimizer step, save a checkpoint
+and return.
 """
 
 from __future__ import annotations
@@ -38,7 +47,9 @@ from moe.checkpoint import (
     write_config,
     write_text_atomic,
 )
+from moe.data.packing import masked_targets
 from moe.evaluation import eval_indices, evaluate
+from moe.finetune import adopt_checkpoint_config, freeze_parameters, resolve_tokenizer
 from moe.metrics import load_stats, routing_stats
 from moe.models.build import build_model
 from moe.optim import build_optimizer, warmup_cosine
@@ -147,6 +158,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
     schedule = warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=trainer.max_steps,
                              min_lr_ratio=optim.min_lr_ratio)
+    config = resolve_tokenizer(adopt_checkpoint_config(config))  # what config.yaml records
+    seq_len, max_seq_len = (config.get("data") or {}).get("seq_len"), config["model"].get("max_seq_len")
+    if isinstance(seq_len, int) and isinstance(max_seq_len, int) and seq_len > max_seq_len:
+        raise ValueError(f"data.seq_len={seq_len} exceeds model.max_seq_len={max_seq_len}; set data.seq_len"
+                         f"<={max_seq_len} (the model node may come from init.path)")
     run_dir = Path(config["run_dir"])
     resume_from = _prepare_run_dir(run_dir, trainer.resume)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
@@ -162,6 +178,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if data.train.input_ids.shape[1] - 1 > model.max_seq_len:
         raise ValueError(f"data sequences of {data.train.input_ids.shape[1] - 1} tokens exceed "
                          f"model.max_seq_len={model.max_seq_len}")
+    trainable_params, total_params = freeze_parameters(model, trainer.freeze)
     if trainer.compile_moe:
         for layer in model.moe_layers:
             layer.compile()  # in place: parameter names and checkpoints are unchanged
@@ -175,7 +192,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     accelerator.register_for_checkpointing(scheduler)
     batches = MicroBatchSchedule(num_sequences=len(data.train), batch_size=trainer.batch_size,
                                  seed=trainer.seed, num_processes=accelerator.num_processes,
-                                 process_index=accelerator.process_index)
+                                 process_index=accelerator.process_index, domain_ids=data.train.domain_ids,
+                                 domain_pure=trainer.domain_pure_batches)
     make_logger = instantiate(config["logger"], "logger")
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -183,6 +201,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir / "config.yaml", config)
+        if trainer.freeze != ("none",):
+            print(f"moe-lab: trainer.freeze={','.join(trainer.freeze)}: training {trainable_params:,} of "
+                  f"{total_params:,} parameters", flush=True)
     logger = make_logger(run_dir=str(run_dir), config=config)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "accelerate"))
@@ -195,11 +216,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     raw_model = accelerator.unwrap_model(model)
     val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)
     val_inputs, val_domains = data.val.input_ids[val_ids], data.val.domain_ids[val_ids]
+    val_mask = None if data.val.loss_mask is None else data.val.loss_mask[val_ids]
+    train_mask = data.train.loss_mask
     tokens_per_micro_step = trainer.batch_size * (data.train.input_ids.shape[1] - 1) * accelerator.num_processes
 
     def run_eval() -> dict[str, float]:
         return evaluate(model, val_inputs, val_domains, data.domains, batch_size=trainer.batch_size,
-                        device=accelerator.device, autocast=accelerator.autocast)
+                        device=accelerator.device, autocast=accelerator.autocast, loss_mask=val_mask)
 
     def save_checkpoint(last_metrics: dict[str, float]) -> None:
         accelerator.wait_for_everyone()
@@ -229,9 +252,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     model.train()
     with StopRequest() as stop:
         while micro_step < total_micro_steps:
-            batch = data.train.input_ids[batches.indices(micro_step)].to(accelerator.device)
+            picks = batches.indices(micro_step)
+            batch = data.train.input_ids[picks].to(accelerator.device)
+            # prompt and padding targets become -100 (skipped by the loss); tokens/s still counts every token
+            targets = masked_targets(batch, None if train_mask is None else train_mask[picks].to(accelerator.device))
             with accelerator.accumulate(model):
-                out = model(batch[:, :-1], batch[:, 1:])
+                out = model(batch[:, :-1], targets)
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients and optim.grad_clip > 0:
@@ -273,7 +299,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(run_dir), "step": step, "max_steps": trainer.max_steps,
         "interrupted_by": stop.signal_name, "train_loss": record.get("lm_loss"),
         "val_loss": val_metrics.get("val/loss"), "unigram_entropy": data.unigram_entropy,
-        "tokens_per_s": record.get("tokens_per_s"),
+        "tokens_per_s": record.get("tokens_per_s"), "trainable_params": trainable_params,
+        "total_params": total_params,
         "val_domain_losses": {k: v for k, v in val_metrics.items() if k.count("/") == 2 and k.endswith("/loss")},
         "checkpoints": [p.name for p in list_checkpoints(run_dir)],
     }

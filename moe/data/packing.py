@@ -20,20 +20,37 @@ from torch.utils.data import Dataset
 
 
 class PackedDataset(Dataset):
-    """Sequences ``input_ids`` [num_seqs, seq_len+1] (long) with their ``domain_ids`` [num_seqs] (long)."""
+    """Sequences ``input_ids`` [num_seqs, seq_len+1] (long) with their ``domain_ids`` [num_seqs] (long).
 
-    def __init__(self, input_ids: torch.Tensor, domain_ids: torch.Tensor):
+    ``loss_mask`` [num_seqs, seq_len+1] (bool, optional) marks the tokens that are targets: token j
+    counts in the loss (predicted from tokens < j) where it is true, so column 0 is never read. None
+    means every token counts (packed pre-training text). Chat data masks prompts and padding
+    (moe/data/chat.py); every masked row must keep at least one target, so no batch has a 0/0 loss.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, domain_ids: torch.Tensor, loss_mask: torch.Tensor | None = None):
         if input_ids.dim() != 2 or domain_ids.shape != input_ids.shape[:1]:
             raise ValueError(
                 f"bad packed shapes: input_ids {tuple(input_ids.shape)}, domain_ids {tuple(domain_ids.shape)}"
             )
+        if loss_mask is not None:
+            if loss_mask.shape != input_ids.shape:
+                raise ValueError(f"loss_mask {tuple(loss_mask.shape)} must have the shape of input_ids "
+                                 f"{tuple(input_ids.shape)}")
+            loss_mask = loss_mask.bool()
+            if len(loss_mask) and not bool(loss_mask[:, 1:].any(dim=1).all()):
+                raise ValueError("every row of loss_mask needs at least one target token (after column 0)")
         self.input_ids, self.domain_ids = input_ids.long(), domain_ids.long()
+        self.loss_mask = loss_mask
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids[i], "domain_id": self.domain_ids[i]}
+        item = {"input_ids": self.input_ids[i], "domain_id": self.domain_ids[i]}
+        if self.loss_mask is not None:
+            item["loss_mask"] = self.loss_mask[i]
+        return item
 
     @property
     def seq_len(self) -> int:
@@ -98,3 +115,12 @@ def split_stats(packed: PackedDataset, domains: Sequence[str]) -> dict[str, dict
     counts = torch.bincount(packed.domain_ids, minlength=len(domains)).tolist()
     width = packed.input_ids.shape[1]
     return {name: {"sequences": n, "tokens": n * width} for name, n in zip(domains, counts)}
+
+
+IGNORE_INDEX = -100  # the target id cross_entropy skips (DecoderLM's loss passes ignore_index=-100)
+
+
+def masked_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
+    """The next-token targets ``input_ids[:, 1:]``, with ``IGNORE_INDEX`` where ``loss_mask[:, 1:]`` is false."""
+    targets = input_ids[:, 1:]
+    return targets if loss_mask is None else targets.masked_fill(~loss_mask[:, 1:].bool(), IGNORE_INDEX)

@@ -1,8 +1,9 @@
 """How a run's model gets its first weights: the ``init`` config group.
 
 - ``init=scratch`` (default): the random initialisation of the model's constructors.
-- ``init=checkpoint init.path=P``: every weight from a moe-lab checkpoint (or run directory) of the
-  same architecture, e.g. to fine-tune with another data set or balancer.
+- ``init=checkpoint init.path=P``: every weight from a moe-lab checkpoint (or run directory) or a Hugging
+  Face model directory, e.g. to fine-tune with another data set or balancer. The run adopts P's
+  ``model``/``router``/``experts``/``balance`` config nodes (``init.config_from_checkpoint``).
 - ``init=upcycle init.path=P init.method=M``: build the configured MoE model, then fill it from a dense
   model (a moe-lab dense checkpoint or run directory, or a Hugging Face dense model directory):
   attention, norms and embeddings are copied; blocks that stay dense (the layer pattern) copy the dense
@@ -58,10 +59,30 @@ def _copy_matching(source: nn.Module, target: nn.Module, *, skip_ffn: bool, sour
 
 
 class FromCheckpoint:
-    """``init=checkpoint``: every weight from a model of the same architecture."""
+    """``init=checkpoint``: every weight from a model of the same architecture.
 
-    def __init__(self, *, path: str):
+    ``config_from_checkpoint`` names the config nodes that ``moe.training.run`` takes from the
+    checkpoint (its config.yaml, or ``moe.interop.hf_run_config`` of a HF directory) before building
+    the model, so the architecture need not be retyped; the copy itself reads only ``path``.
+    """
+
+    ADOPTABLE_NODES = ("model", "router", "experts", "balance")
+
+    def __init__(self, *, path: str, config_from_checkpoint: list[str] | tuple[str, ...] = ADOPTABLE_NODES):
         self.path = path
+        self.config_from_checkpoint = self.check_nodes(config_from_checkpoint)
+
+    @classmethod
+    def check_nodes(cls, nodes) -> tuple[str, ...]:
+        """The node names as a tuple; ValueError naming the allowed ones for anything else."""
+        if isinstance(nodes, str) or not all(isinstance(n, str) for n in nodes):
+            raise ValueError(f"init.config_from_checkpoint={nodes!r} must be a list of node names "
+                             f"from {list(cls.ADOPTABLE_NODES)}")
+        unknown = [n for n in nodes if n not in cls.ADOPTABLE_NODES]
+        if unknown:
+            raise ValueError(f"init.config_from_checkpoint: unknown node(s) {unknown}; allowed: "
+                             f"{list(cls.ADOPTABLE_NODES)}")
+        return tuple(nodes)
 
     def __call__(self, model: nn.Module) -> None:
         _copy_matching(load_model(self.path), model, skip_ffn=False, source_name=f"init.path={self.path}")
