@@ -57,6 +57,27 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
+def _split_overrides(text: str) -> list[str]:
+    """``a=1,b=[x,y]`` → ["a=1", "b=[x,y]"]: commas inside brackets belong to the value."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current] if current else parts
+
+
+def short_labels(names: list[str]) -> list[str]:
+    """Hydra job directories ``N_override,override,...`` without the overrides every run shares."""
+    split = [_split_overrides(name) for name in names]
+    common = set.intersection(*(set(parts[1:]) for parts in split)) if len(names) > 1 else set()
+    return [",".join(part for i, part in enumerate(parts) if i == 0 or part not in common) for parts in split]
+
+
 def read_records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -94,16 +115,16 @@ def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
     return row
 
 
-def plot_curves(runs: list[Path], out: Path) -> None:
+def plot_curves(runs: list[Path], labels: list[str], out: Path) -> None:
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
+    for run, label in zip(runs, labels):
         records = read_records(run)
         train = [(r["step"], r["lm_loss"]) for r in records if "lm_loss" in r]
         val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
         if train:
-            ax_train.plot(*zip(*train), label=run.name, linewidth=1)
+            ax_train.plot(*zip(*train), label=label, linewidth=1)
         if val:
-            ax_val.plot(*zip(*val), marker="o", label=run.name, linewidth=1)
+            ax_val.plot(*zip(*val), marker="o", label=label, linewidth=1)
     ax_train.set(xlabel="optimizer step", ylabel="train LM loss (nats/token)", title="training")
     ax_val.set(xlabel="optimizer step", ylabel="val loss (nats/token)", title="validation")
     for ax in (ax_train, ax_val):
@@ -123,6 +144,8 @@ def _fmt(value) -> str:
 def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequences_per_domain: int = 32) -> list[dict]:
     runs = find_runs(paths)
     rows = [run_row(run, routing=routing, sequences_per_domain=sequences_per_domain) for run in runs]
+    for row, label in zip(rows, short_labels([run.name for run in runs])):
+        row["run"] = label
     columns = list(dict.fromkeys(key for row in rows for key in row))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "compare.csv", "w", newline="") as f:
@@ -131,7 +154,7 @@ def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequenc
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
-    plot_curves(runs, out / "loss_curves.png")
+    plot_curves(runs, [row["run"] for row in rows], out / "loss_curves.png")
     (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
     return rows
 

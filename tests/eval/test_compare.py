@@ -44,3 +44,11 @@ def test_compare_tabulates_every_run_of_a_sweep(sweep, tmp_path):
 def test_compare_names_a_path_that_holds_no_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a finished run"):
         find_runs([tmp_path])
+
+
+def test_labels_drop_the_overrides_every_run_shares():
+    from compare import short_labels
+
+    names = ["0_balance=switch_aux,trainer.max_steps=4", "1_balance=[switch_aux,z_loss],trainer.max_steps=4"]
+    assert short_labels(names) == ["0_balance=switch_aux", "1_balance=[switch_aux,z_loss]"]
+    assert short_labels(["my-run"]) == ["my-run"]
