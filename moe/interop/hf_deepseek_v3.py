@@ -24,7 +24,11 @@ With ``rope_interleave`` (the default, DeepSeek's own layout) the RoPE dimension
 rotated in interleaved pairs; permuting those rows of ``q_b_proj`` / ``q_proj`` and of the rope part
 of ``kv_a_proj_with_mqa`` to (even…, odd…) makes our rotate-half RoPE compute exactly that.
 Unsupported features (RoPE scaling/YaRN, biases, another scoring function or top-k method, a layer
-frequency other than 1, heads sharing keys) raise ValueError naming the option.
+frequency other than 1, heads sharing keys) raise ValueError naming the option. ``n_shared_experts: 0``
+gives no shared expert (transformers writes its empty [0, D] tensors; hf_dense.py skips empty tensors).
+
+The export (moe/interop/hf_export.py) writes ``rope_interleave: false`` with the rows as they are, so an
+exported model reads back without a permutation.
 """
 
 from __future__ import annotations

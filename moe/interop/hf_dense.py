@@ -1,20 +1,24 @@
-"""Import Hugging Face decoder checkpoints into :class:`DecoderLM`: dense Llama, Mistral, Qwen2 and GPT-2
-(moe/interop/hf_gpt2.py), and the Mixtral, Qwen2-MoE and DeepSeek-V3 MoEs
+"""Import Hugging Face decoder checkpoints into :class:`DecoderLM`: dense Llama, Mistral, Qwen2, Qwen3 and
+GPT-2 (moe/interop/hf_gpt2.py), and the Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3 MoEs
 (moe/interop/hf_mixtral.py, hf_qwen2_moe.py, hf_deepseek_v3.py).
 
     from moe.interop import load_hf_dense
     model = load_hf_dense("path/to/hf-model-dir")   # config.json + *.safetensors, no network
 
 Only ``config.json`` and the safetensors files (one ``model.safetensors`` or the shards listed in
-``model.safetensors.index.json``) are read; ``transformers`` is not needed. The three architectures
+``model.safetensors.index.json``) are read; ``transformers`` is not needed. The dense architectures
 are our backbone exactly: pre-norm RMSNorm, rotate-half RoPE with inv_freq = θ^(-2i/d), GQA
 attention with SDPA scaling 1/√d, SwiGLU MLP, a final RMSNorm and an optionally tied LM head.
-Qwen2 adds biases on q/k/v (``attention_bias``). HF's separate ``k_proj`` / ``v_proj`` are fused
-into our ``kv_proj`` (rows: all K heads, then all V heads), so no row permutation is needed.
+Qwen2 adds biases on q/k/v (``attention_bias``); Qwen3 adds a per-head RMSNorm on q and k before RoPE
+(``qk_norm``, ``self_attn.q_norm`` / ``k_norm``, ε = ``rms_norm_eps``). HF's separate ``k_proj`` /
+``v_proj`` are fused into our ``kv_proj`` (rows: all K heads, then all V heads), so no row permutation
+is needed.
 
 Anything that would change the function (RoPE scaling, another activation, biases elsewhere, a
-head_dim other than hidden/heads, a sliding window shorter than ``max_seq_len``) raises ValueError
-instead of silently loading a different model.
+head_dim other than hidden/heads — Qwen3's class default is head_dim=128, so a Qwen3 whose
+hidden_size/num_attention_heads is not 128 is refused — a sliding window shorter than ``max_seq_len``)
+raises ValueError instead of silently loading a different model. Tensors with no elements (e.g.
+DeepSeek-V3's ``shared_experts`` when ``n_shared_experts`` is 0) hold nothing and are skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from moe.interop.hf_qwen2_moe import qwen2_moe_run_config, qwen2_moe_tensor_map
 from moe.models.build import build_model
 from moe.models.decoder import DecoderLM
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
 
 # Our Attention keeps a RoPE cos/sin table of max_seq_len × head_dim floats per layer (not shared
 # between layers), so Mistral's 131072 or Qwen2's 32768 positions would cost 10s of MB per layer.
@@ -72,14 +76,17 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
     if model_type == "gpt2":
         return gpt2_model_config(cfg, seq_len_cap=MAX_SEQ_LEN_CAP, max_seq_len=max_seq_len)
-    # MoE models on a backbone above; their MoE parts: hf_mixtral.py, hf_qwen2_moe.py (also Qwen3-MoE,
-    # which is Llama-like attention plus per-head RMSNorm on q and k)
-    backbone = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama", "olmoe": "llama",
-                "deepseek_v3": "llama"}
-    qk_norm = model_type in ("qwen3_moe", "olmoe")
+    # Qwen3 is Llama-like attention plus per-head RMSNorm on q and k (our qk_norm); the MoE models sit on
+    # one of these backbones, their MoE parts: hf_mixtral.py, hf_qwen2_moe.py (also Qwen3-MoE and OLMoE)
+    backbone = {"qwen3": "llama", "mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "llama",
+                "olmoe": "llama", "deepseek_v3": "llama"}
+    source = model_type  # named in the error messages
+    # the Qwen configs carry a sliding_window that only applies with use_sliding_window
+    window_flag = model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+    qk_norm = model_type in ("qwen3", "qwen3_moe", "olmoe")
     qk_norm_scope = "full" if model_type == "olmoe" else "head"  # OLMoE normalises q and k over all heads
     if cfg.get("clip_qkv") is not None:
-        raise ValueError(f"{model_type}: clip_qkv={cfg['clip_qkv']} is not supported")
+        raise ValueError(f"{source}: clip_qkv={cfg['clip_qkv']} is not supported")
     if model_type == "deepseek_v3":  # MLA: head_dim is qk_rope_head_dim; hf_deepseek_v3.py reads the MLA sizes
         cfg = {key: value for key, value in cfg.items() if key != "head_dim"}
     if model_type in backbone:
@@ -87,37 +94,37 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         cfg = {**cfg, "model_type": model_type}
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
-        raise ValueError(f"{model_type}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
+        raise ValueError(f"{source}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
     if cfg.get("mlp_bias"):
-        raise ValueError(f"{model_type}: mlp_bias=true is not supported")
+        raise ValueError(f"{source}: mlp_bias=true is not supported")
     # Llama's attention_bias also puts a bias on o_proj, which our Attention does not have;
     # Qwen2 always has q/k/v biases and none on o_proj.
     if model_type == "qwen2":
         attention_bias = True
     elif cfg.get("attention_bias"):
-        raise ValueError(f"{model_type}: attention_bias=true (bias on o_proj too) is not supported")
+        raise ValueError(f"{source}: attention_bias=true (bias on o_proj too) is not supported")
     else:
         attention_bias = False
     if cfg.get("pretraining_tp", 1) not in (1, None):
-        raise ValueError(f"{model_type}: pretraining_tp={cfg['pretraining_tp']} is not supported")
+        raise ValueError(f"{source}: pretraining_tp={cfg['pretraining_tp']} is not supported")
 
     d_model, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     n_kv_heads = int(cfg.get("num_key_value_heads") or n_heads)
     head_dim = cfg.get("head_dim")
     if head_dim is not None and d_model % n_heads == 0 and int(head_dim) != d_model // n_heads:
         raise ValueError(
-            f"{model_type}: head_dim={head_dim} differs from hidden_size/num_attention_heads="
-            f"{d_model // n_heads}; not supported"
+            f"{source}: head_dim={head_dim} differs from hidden_size/num_attention_heads="
+            f"{d_model // n_heads}; not supported (moe-lab's attention uses head_dim = d_model / n_heads)"
         )
     max_pos = int(cfg.get("max_position_embeddings", MAX_SEQ_LEN_CAP))
     seq_len = int(max_seq_len) if max_seq_len is not None else min(max_pos, MAX_SEQ_LEN_CAP)
 
     # Sliding-window attention equals full causal attention while the sequence fits in the window.
     window = cfg.get("sliding_window")
-    uses_window = window is not None and (model_type != "qwen2" or cfg.get("use_sliding_window", False))
+    uses_window = window is not None and (not window_flag or cfg.get("use_sliding_window", False))
     if uses_window and int(window) < seq_len:
         raise ValueError(
-            f"{model_type}: sliding_window={window} is shorter than max_seq_len={seq_len}; sliding-window "
+            f"{source}: sliding_window={window} is shorter than max_seq_len={seq_len}; sliding-window "
             f"attention is not supported, pass max_seq_len <= {window}"
         )
     return {
@@ -273,12 +280,19 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     unexpected = sorted(
         k for k in where if k not in used and not k.endswith(_IGNORED_SUFFIXES)
         and not (k == "lm_head.weight" and model_cfg["tie_embeddings"])
+        # an empty tensor holds no weights: transformers writes DeepSeek-V3's shared_experts with
+        # n_shared_experts=0 (and Qwen2-MoE's shared_expert of width 0) as [0, D] / [D, 0] tensors
+        and not _is_empty(where[k][1], k)
         # DeepSeek-V3's multi-token-prediction layers after the last block (transformers skips them too)
         and not (config_json["model_type"] == "deepseek_v3" and is_mtp_tensor(k, model_cfg["n_layers"]))
     )
     if unexpected:
         raise ValueError(f"{hf_dir} has tensors the {model_cfg['_target_']} cannot hold: {unexpected[:5]}")
     return model.to(device).eval()
+
+
+def _is_empty(handle: Any, name: str) -> bool:
+    return 0 in handle.get_slice(name).get_shape()
 
 
 def is_hf_model_dir(path: str | Path) -> bool:

@@ -13,8 +13,7 @@ Which ``model_type`` (``arch``; the first that fits in this order when not force
     dense, RMSNorm+RoPE+SwiGLU, no biases, no qk_norm      llama
     dense, ... + attention_bias (q/k/v)                    qwen2           (forced on a bias-free model:
                                                                             zero q/k/v biases)
-    dense, ... + qk_norm head                              qwen3           (moe-lab's import cannot read
-                                                                            qwen3 back yet)
+    dense, ... + qk_norm head                              qwen3
     dense, layernorm + learned + gelu                      gpt2            Conv1D [in, out] = our weightᵀ;
                                                                             c_attn = [q; k; v]ᵀ; missing
                                                                             q/k/v/o biases written as zeros
@@ -29,7 +28,28 @@ Which ``model_type`` (``arch``; the first that fits in this order when not force
       q/k/v biases, one gated shared expert)                                has none; no shared expert = a
                                                                             zero shared expert of width 1
                                                                             (output exactly 0)
-    MoE SigmoidRouter, or model.attention=mla              deepseek_v3     TODO (lead): not implemented
+    model.attention=mla and/or SigmoidRouter               deepseek_v3     see below (the only
+                                                                            candidate for such a model)
+
+deepseek_v3 (DeepseekV3ForCausalLM) needs model.attention=mla (HF DeepSeek-V3 has only MLA; a GQA model
+with a SigmoidRouter is refused, GQA having no exact MLA form), RMSNorm/RoPE/SwiGLU, a SigmoidRouter on
+every MoE block, and the MoE blocks contiguous to the last one (``first_k_dense_replace`` = the number
+of leading dense blocks; a dense MLA model writes first_k_dense_replace = num_hidden_layers and
+n_routed_experts = 0). Config: n_routed_experts, num_experts_per_tok = top_k, n_group / topk_group =
+num_groups / topk_groups (groups of one expert are written as n_group = topk_group = 1: HF scores a
+group by its top-2, and with one expert per group the limit cannot change the top-k), norm_topk_prob =
+normalize, routed_scaling_factor, topk_method noaux_tc, scoring_func sigmoid, moe_intermediate_size =
+expert_d_ff, intermediate_size = the dense d_ff, n_shared_experts = SharedExpert.num_experts (ours is
+one ungated SwiGLU of num_experts × expert_d_ff, HF's one MLP of moe_intermediate_size ×
+n_shared_experts; another shared width or a gate is refused; none = n_shared_experts 0 with [0, D] /
+[D, 0] shared_experts tensors, as transformers writes them), q_lora_rank (null = plain ``q_proj``),
+kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, num_key_value_heads = num_attention_heads,
+``rope_interleave: false`` (our RoPE is rotate-half, so the q / kv_a rows are written unpermuted; the
+import reads the flag and permutes only when it is true), num_nextn_predict_layers 0. Tensors:
+``self_attn.{q_a_proj, q_a_layernorm, q_b_proj | q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj,
+o_proj}``, ``mlp.{gate,up,down}_proj`` on dense blocks, ``mlp.gate.weight``,
+``mlp.gate.e_score_correction_bias`` = ``router.selection_bias_E`` (exactly the aux_free balancer's
+bias), ``mlp.experts.{e}.*``, ``mlp.shared_experts.*``. The MLA latent norms' ε must be 1e-6 (HF's).
 
 Common to every target: our ``kv_proj`` rows are [K heads; V heads] → ``k_proj``, ``v_proj``; expert
 stacks ``w_*_EDF`` / ``w_down_EFD`` ([E, in, out], "x @ w") → per expert ``nn.Linear`` weights [out, in]
@@ -37,18 +57,23 @@ stacks ``w_*_EDF`` / ``w_down_EFD`` ([E, in, out], "x @ w") → per expert ``nn.
 ``weight_ED`` → ``gate.weight``; ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
 ``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32.
 
-Refused (ValueError, naming the option and what would export): routers other than TopKRouter (e.g.
-expert_choice, hash, sinkhorn: HF MoEs are softmax token choice), a non-zero ``selection_bias_E`` (the
-aux_free balancer's; HF softmax routers have no bias), ``capacity_factor`` / ``eval_capacity_factor``
-(HF is dropless), router jitter (Mixtral's jitter also scales the experts' input, ours only the
-router's), an ungated shared expert (DeepSeek's; deepseek_v3 later), a bias on ``o_proj`` outside gpt2,
-mixed norm/position/MLP combinations, and per-layer differences HF cannot express.
+Refused (ValueError, naming the option and what would export): routers other than TopKRouter and
+SigmoidRouter (e.g. expert_choice, hash, sinkhorn: HF MoEs are softmax or sigmoid token choice), a
+non-zero ``selection_bias_E`` on a TopKRouter (the aux_free balancer's; HF softmax routers have no
+bias), ``capacity_factor`` / ``eval_capacity_factor`` (HF is dropless), router jitter (Mixtral's
+jitter also scales the experts' input, ours only the router's), an ungated shared expert on a softmax
+router (DeepSeek's, exportable only as deepseek_v3 with router=sigmoid and model.attention=mla), a
+bias on ``o_proj`` outside gpt2, mixed norm/position/MLP combinations, and per-layer differences HF
+cannot express.
 
 Balancers are training-only: ``switch_aux`` becomes ``router_aux_loss_coef = coeff / k`` (HF's loss is k
 at balance, ours 1 — the inverse of the import's k × coef) with ``output_router_logits: false`` (HF's
 default, so HF adds no aux loss unless asked). HF pools f and P over all layers; ours sums the
-per-layer losses, so the coefficient matches per layer, not in total. z_loss, aux_free, seq_aux,
-importance, remoe_l1 and the other balancers have no HF counterpart and are not exported.
+per-layer losses, so the coefficient matches per layer, not in total. aux_free's state is the router's
+``selection_bias_E``, exported as deepseek_v3's ``e_score_correction_bias`` (a frozen buffer in HF; its
+update rule is not exported). HF DeepSeek-V3 has no aux loss, so no coefficient is written for it
+(moe-lab's import gives an imported DeepSeek-V3 the paper's aux_free + seq_aux recipe). z_loss,
+seq_aux, importance, remoe_l1 and the other balancers have no HF counterpart and are not exported.
 """
 
 from __future__ import annotations
@@ -65,16 +90,19 @@ from moe.layer import MoELayer
 from moe.models.attention import Attention, rope_cos_sin
 from moe.models.decoder import DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
+from moe.models.mla import MLAttention
 from moe.routers.sigmoid import SigmoidRouter
 from moe.routers.top_k import TopKRouter
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "gpt2": "GPT2LMHeadModel", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                 "olmoe": "OlmoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
+                 "olmoe": "OlmoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                 "deepseek_v3": "DeepseekV3ForCausalLM"}
 DENSE_TARGETS = ("llama", "qwen2", "qwen3", "gpt2")
 MOE_TARGETS = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe")  # also the order tried when arch is not forced
 EXPORTABLE_ROUTERS = ("TopKRouter (router=top_k) → mixtral, qwen2_moe, qwen3_moe, olmoe; "
-                      "SigmoidRouter (router=sigmoid) → deepseek_v3 (not implemented yet)")
+                      "SigmoidRouter (router=sigmoid) → deepseek_v3")
+MLA_NORM_EPS = 1e-6  # HF DeepseekV3's q_a_layernorm / kv_a_layernorm always use the RMSNorm default
 
 
 @dataclass
@@ -105,6 +133,14 @@ class ModelFacts:
     shared_d_ff: int = 0       # the (summed) shared expert width, 0 = none
     shared_gate: bool = False
     aux_coeff: float = 0.0     # switch_aux coefficient (ours: 1 at balance)
+    shared_count: int = 0      # SharedExpert.num_experts (DeepSeek's n_shared_experts)
+    router: str = ""           # top_k | sigmoid (MoE models)
+    num_groups: int = 1        # SigmoidRouter's group-limited selection, normalisation and scale
+    topk_groups: int = 1
+    normalize: bool = True
+    routed_scaling_factor: float = 1.0
+    attention: str = "gqa"     # gqa | mla
+    mla: dict[str, Any] = field(default_factory=dict)  # q_lora_rank, kv_lora_rank, qk_{nope,rope}_head_dim, v_head_dim
 
 
 def _single(values: set, what: str) -> Any:
@@ -115,10 +151,8 @@ def _single(values: set, what: str) -> Any:
 
 
 def _check_router(router: nn.Module, i: int) -> None:
-    if isinstance(router, SigmoidRouter):
-        # TODO(lead): SigmoidRouter → deepseek_v3 export goes here once the DeepSeek-V3 import has landed.
-        raise ValueError(f"block {i}: SigmoidRouter would export as deepseek_v3, which save_hf does not support "
-                         f"yet; exportable routers: {EXPORTABLE_ROUTERS}")
+    if type(router) is SigmoidRouter:  # → deepseek_v3; its selection_bias_E is e_score_correction_bias
+        return
     if type(router) is not TopKRouter:
         raise ValueError(f"block {i}: router {type(router).__name__} has no Hugging Face equivalent (HF MoEs route "
                          f"by softmax top-k token choice); exportable routers: {EXPORTABLE_ROUTERS}")
@@ -127,7 +161,8 @@ def _check_router(router: nn.Module, i: int) -> None:
                          f"router_jitter_noise also scales the experts' input); set router.jitter_eps=0")
     if torch.any(router.selection_bias_E != 0):
         raise ValueError(f"block {i}: the router's selection_bias_E is non-zero (aux_free balancing); HF softmax "
-                         f"routers have no selection bias, so the exported model would route differently")
+                         f"routers have no selection bias, so the exported model would route differently (only "
+                         f"deepseek_v3's SigmoidRouter has one)")
 
 
 def model_facts(model: nn.Module) -> ModelFacts:
@@ -135,11 +170,22 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if not isinstance(model, DecoderLM):
         raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
     blocks = list(model.blocks)
-    for i, block in enumerate(blocks):
-        if not isinstance(block.attention, Attention):
-            # TODO(lead): multi-head latent attention (model.attention=mla) → deepseek_v3, with SigmoidRouter.
-            raise ValueError(f"block {i}: {type(block.attention).__name__} (model.attention=mla) would export as "
-                             f"deepseek_v3, which save_hf does not support yet; exportable: model.attention=gqa")
+    kinds = _single({type(b.attention) for b in blocks}, "the attention type")
+    if kinds not in (Attention, MLAttention):
+        raise ValueError(f"attention {kinds.__name__} has no Hugging Face equivalent")
+    if kinds is MLAttention:
+        return _mla_model_facts(model)
+    return _finish_facts(model, _gqa_facts(model))
+
+
+def _latent_norms(model: DecoderLM) -> list[nn.Module]:
+    """MLA's q_a_norm / kv_a_norm (their ε is fixed, not the model's norm_eps)."""
+    return [m for b in model.blocks if isinstance(b.attention, MLAttention)
+            for m in (b.attention.q_a_norm, b.attention.kv_a_norm) if m is not None]
+
+
+def _gqa_facts(model: DecoderLM) -> ModelFacts:
+    blocks = list(model.blocks)
     attn = blocks[0].attention
     norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))]
     norm_kinds = {type(m).__name__ for b in blocks for m in (b.attn_norm, b.ffn_norm)} | {
@@ -157,7 +203,39 @@ def model_facts(model: nn.Module) -> ModelFacts:
         tied=model.lm_head.weight is model.embed.weight, d_ff=None)
     if facts.position == "rope" and not _single({b.attention.rope for b in blocks}, "rope"):
         raise ValueError("a model without RoPE and without learned positions has no HF equivalent")
+    return facts
 
+
+def _mla_model_facts(model: DecoderLM) -> ModelFacts:
+    """Multi-head latent attention (only deepseek_v3 has it): no q/k norm, biases or learned positions."""
+    blocks = list(model.blocks)
+    latent = _latent_norms(model)
+    latent_ids = {id(m) for m in latent}
+    norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm)) and id(m) not in latent_ids]
+    for m in latent:
+        if m.eps != MLA_NORM_EPS:
+            raise ValueError(f"an MLA latent RMSNorm has eps={m.eps}; HF DeepSeek-V3 fixes it at {MLA_NORM_EPS}")
+    norm_kinds = {type(b.attn_norm).__name__ for b in blocks} | {type(b.ffn_norm).__name__ for b in blocks} | {
+        type(model.final_norm).__name__}
+    sizes = {(None if a.q_proj is not None else a.q_a_proj.out_features, a.kv_lora_rank, a.nope_dim, a.rope_dim,
+              a.v_dim) for a in (b.attention for b in blocks)}
+    q_lora_rank, kv_lora_rank, nope, rope, v = _single(sizes, "the MLA sizes")
+    attn = blocks[0].attention
+    return _finish_facts(model, ModelFacts(
+        vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
+        n_heads=_single({b.attention.n_heads for b in blocks}, "n_heads"), n_kv_heads=attn.n_heads,
+        head_dim=rope, max_seq_len=model.max_seq_len,
+        norm_eps=float(_single({m.eps for m in norms}, "the norm eps")),
+        norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
+        position="learned" if model.pos_embed is not None else "rope", mlp="swiglu", qk_norm=None,
+        qkv_bias=False, out_bias=False, tied=model.lm_head.weight is model.embed.weight, d_ff=None,
+        attention="mla", mla={"q_lora_rank": q_lora_rank, "kv_lora_rank": kv_lora_rank, "qk_nope_head_dim": nope,
+                              "qk_rope_head_dim": rope, "v_head_dim": v}))
+
+
+def _finish_facts(model: DecoderLM, facts: ModelFacts) -> ModelFacts:
+    """The FFN half (dense widths, MoE routers, experts, shared experts, balancers)."""
+    blocks = list(model.blocks)
     dense = [b.ffn for b in blocks if not isinstance(b.ffn, MoELayer)]
     if dense:
         for ffn in dense:
@@ -184,11 +262,21 @@ def model_facts(model: nn.Module) -> ModelFacts:
     facts.num_experts = _single({layer.experts.num_experts for _, layer in moe}, "num_experts")
     facts.top_k = _single({layer.router.top_k for _, layer in moe}, "router.top_k")
     facts.expert_d_ff = _single({layer.experts.d_ff for _, layer in moe}, "the expert width expert_d_ff")
-    facts.order = _single({layer.router.order for _, layer in moe}, "router.order")
+    facts.order = _single({getattr(layer.router, "order", "") for _, layer in moe}, "router.order")
     facts.shared_d_ff = _single({0 if layer.shared_expert is None else layer.shared_expert.ffn.gate.out_features
                                  for _, layer in moe}, "the shared expert")
     facts.shared_gate = _single({layer.shared_expert is not None and layer.shared_expert.gate is not None
                                  for _, layer in moe}, "shared_expert_gate")
+    facts.shared_count = _single({0 if layer.shared_expert is None else layer.shared_expert.num_experts
+                                  for _, layer in moe}, "num_shared_experts")
+    routers = [layer.router for _, layer in moe]
+    facts.router = _single({"sigmoid" if isinstance(r, SigmoidRouter) else "top_k" for r in routers}, "the router")
+    if facts.router == "sigmoid":
+        facts.num_groups = _single({r.num_groups for r in routers}, "router.num_groups")
+        facts.topk_groups = _single({r.topk_groups for r in routers}, "router.topk_groups")
+        facts.normalize = _single({r.normalize for r in routers}, "router.normalize")
+        facts.routed_scaling_factor = _single({r.routed_scaling_factor for r in routers},
+                                              "router.routed_scaling_factor")
     coeffs = set()
     for _, layer in moe:
         switch = [b.coeff for b in layer.balancers.values() if isinstance(b, SwitchAuxLoss)]
@@ -203,7 +291,13 @@ def arch_problems(arch: str, f: ModelFacts) -> list[str]:
     """Why ``arch`` cannot hold this model exactly (empty: it can)."""
     if arch not in ARCHITECTURES:
         return [f"arch={arch!r} is not one of {', '.join(ARCHITECTURES)}"]
+    if arch == "deepseek_v3":
+        return _deepseek_v3_problems(f)
     problems = []
+    if f.attention == "mla":
+        problems.append("model.attention=mla (multi-head latent attention: only deepseek_v3 has it)")
+    if f.router == "sigmoid":
+        problems.append(f"router SigmoidRouter ({arch} routes by softmax top-k; sigmoid routing is deepseek_v3's)")
     if arch in DENSE_TARGETS and f.moe_layers:
         problems.append(f"{arch} is dense but blocks {f.moe_layers} are MoE")
     if arch in MOE_TARGETS and not f.moe_layers:
@@ -240,8 +334,46 @@ def arch_problems(arch: str, f: ModelFacts) -> list[str]:
         problems.append(f"a shared expert ({arch} has none; qwen2_moe has one, gated)")
     if arch == "qwen2_moe" and f.shared_d_ff and not f.shared_gate:
         problems.append("an ungated shared expert (qwen2_moe scales it by sigmoid(w·x); ungated shared experts "
-                        "are DeepSeek's: deepseek_v3, not exportable yet)")
+                        "are DeepSeek's: deepseek_v3, which needs router=sigmoid and model.attention=mla)")
     return problems
+
+
+def _deepseek_v3_problems(f: ModelFacts) -> list[str]:
+    """deepseek_v3 = MLA attention + (optional) sigmoid-routed MoE blocks after the dense leading ones."""
+    problems = []
+    if f.attention != "mla":
+        problems.append(f"model.attention={f.attention} (deepseek_v3 needs model.attention=mla: HF DeepSeek-V3 "
+                        f"has only multi-head latent attention, and GQA has no exact MLA equivalent)")
+    for name, value, want in (("norm", f.norm, "rmsnorm"), ("position", f.position, "rope"), ("mlp", f.mlp, "swiglu")):
+        if value != want:
+            problems.append(f"model.{name}={value!r} (deepseek_v3 needs {want!r})")
+    if not f.moe_layers:
+        return problems
+    if f.router != "sigmoid":
+        problems.append("router TopKRouter (deepseek_v3 routes with sigmoid scores and group-limited top-k: "
+                        "router=sigmoid, moe.routers.SigmoidRouter)")
+    k = f.moe_layers[0]
+    if f.moe_layers != list(range(k, f.n_layers)):
+        problems.append(f"MoE blocks {f.moe_layers}: deepseek_v3 has dense blocks only before the first MoE block "
+                        f"(first_k_dense_replace), then every block MoE (model.moe_first_dense, moe_every=1)")
+    if f.shared_d_ff and f.shared_gate:
+        problems.append("a gated shared expert (deepseek_v3's shared experts have no gate; qwen2_moe has one)")
+    if f.shared_d_ff and f.shared_d_ff != f.shared_count * f.expert_d_ff:
+        problems.append(f"shared expert width {f.shared_d_ff} != num_shared_experts × expert_d_ff = "
+                        f"{f.shared_count} × {f.expert_d_ff} (deepseek_v3's n_shared_experts have "
+                        f"moe_intermediate_size each; set model.shared_expert_d_ff=null)")
+    if f.num_experts < 2:
+        problems.append("a single routed expert (deepseek_v3 scores expert groups by their top-2 experts)")
+    return problems
+
+
+def deepseek_v3_groups(f: ModelFacts) -> tuple[int, int]:
+    """(n_group, topk_group). HF scores a group by its top-2 experts, so groups of one expert cannot be
+    written as they are; with one expert per group the group limit is a no-op (the top-k experts always lie
+    in the top-``topk_groups`` ≥ k groups), so it is written as a single group."""
+    if f.num_experts // f.num_groups == 1:
+        return 1, 1
+    return f.num_groups, f.topk_groups
 
 
 def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
@@ -251,7 +383,10 @@ def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
         if problems:
             raise ValueError(f"arch={arch!r} cannot represent this model: {'; '.join(problems)}")
         return arch
-    candidates = MOE_TARGETS if f.moe_layers else DENSE_TARGETS
+    if f.attention == "mla" or f.router == "sigmoid":
+        candidates: tuple[str, ...] = ("deepseek_v3",)  # no other HF model has MLA or sigmoid routing
+    else:
+        candidates = MOE_TARGETS if f.moe_layers else DENSE_TARGETS
     reasons = {}
     for candidate in candidates:
         reasons[candidate] = arch_problems(candidate, f)
@@ -268,6 +403,8 @@ def hf_config(arch: str, f: ModelFacts, rope_theta: float | None) -> dict[str, A
               "tie_word_embeddings": f.tied, "dtype": "float32", "use_cache": True,
               # moe-lab knows no tokenizer; null instead of the class defaults (e.g. GPT-2's 50256)
               "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if arch == "deepseek_v3":
+        return _deepseek_v3_config(common, f, rope_theta)
     if arch == "gpt2":
         return {**common, "n_embd": f.d_model, "n_layer": f.n_layers, "n_head": f.n_heads, "n_inner": f.d_ff,
                 "n_positions": f.max_seq_len, "activation_function": "gelu_new",  # our GELU is the tanh one
@@ -301,6 +438,59 @@ def hf_config(arch: str, f: ModelFacts, rope_theta: float | None) -> dict[str, A
         cfg.update(num_experts_per_tok=f.top_k, router_aux_loss_coef=f.aux_coeff / f.top_k,
                    output_router_logits=False)
     return cfg
+
+
+def _deepseek_v3_config(common: dict[str, Any], f: ModelFacts, rope_theta: float | None) -> dict[str, Any]:
+    first_dense = f.moe_layers[0] if f.moe_layers else f.n_layers
+    n_group, topk_group = deepseek_v3_groups(f) if f.moe_layers else (1, 1)
+    return {**common, "hidden_size": f.d_model, "num_hidden_layers": f.n_layers, "num_attention_heads": f.n_heads,
+            "num_key_value_heads": f.n_heads, "hidden_act": "silu", "max_position_embeddings": f.max_seq_len,
+            "rms_norm_eps": f.norm_eps, "attention_bias": False, "attention_dropout": 0.0, "pretraining_tp": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta)},
+            # our RoPE is rotate-half, so the rows are written as they are and HF told not to interleave
+            "rope_interleave": False,
+            **f.mla,
+            "intermediate_size": f.d_ff or f.expert_d_ff or f.d_model,  # dense blocks (unused without one)
+            "first_k_dense_replace": first_dense,
+            "n_routed_experts": f.num_experts, "num_experts_per_tok": f.top_k,
+            "moe_intermediate_size": f.expert_d_ff or f.d_ff, "n_shared_experts": f.shared_count,
+            "n_group": n_group, "topk_group": topk_group, "norm_topk_prob": f.normalize,
+            "routed_scaling_factor": f.routed_scaling_factor, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+            "num_nextn_predict_layers": 0, "output_router_logits": False}
+
+
+def _deepseek_v3_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
+    t = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.weight}
+    if not f.tied:
+        t["lm_head.weight"] = model.lm_head.weight
+    D = f.d_model
+    for i, block in enumerate(model.blocks):
+        p, a = f"model.layers.{i}", block.attention
+        t[f"{p}.input_layernorm.weight"] = block.attn_norm.weight
+        t[f"{p}.post_attention_layernorm.weight"] = block.ffn_norm.weight
+        sa = f"{p}.self_attn"
+        if a.q_proj is not None:
+            t[f"{sa}.q_proj.weight"] = a.q_proj.weight
+        else:
+            t[f"{sa}.q_a_proj.weight"], t[f"{sa}.q_a_layernorm.weight"] = a.q_a_proj.weight, a.q_a_norm.weight
+            t[f"{sa}.q_b_proj.weight"] = a.q_b_proj.weight
+        t[f"{sa}.kv_a_proj_with_mqa.weight"], t[f"{sa}.kv_a_layernorm.weight"] = a.kv_a_proj.weight, a.kv_a_norm.weight
+        t[f"{sa}.kv_b_proj.weight"], t[f"{sa}.o_proj.weight"] = a.kv_b_proj.weight, a.o_proj.weight
+        ffn, mlp = block.ffn, f"{p}.mlp"
+        if not isinstance(ffn, MoELayer):
+            for proj in ("gate", "up", "down"):
+                t[f"{mlp}.{proj}_proj.weight"] = getattr(ffn, proj).weight
+            continue
+        t.update(_moe_tensors("deepseek_v3", ffn, mlp, f))
+        t[f"{mlp}.gate.e_score_correction_bias"] = ffn.router.selection_bias_E  # aux_free's bias
+        if ffn.shared_expert is None:  # n_shared_experts = 0: empty tensors, as transformers itself writes them
+            t.update({f"{mlp}.shared_experts.gate_proj.weight": torch.zeros(0, D),
+                      f"{mlp}.shared_experts.up_proj.weight": torch.zeros(0, D),
+                      f"{mlp}.shared_experts.down_proj.weight": torch.zeros(D, 0)})
+        else:  # our one SwiGLU of n_shared × d_ff = HF's shared_experts MLP of the same width
+            for proj in ("gate", "up", "down"):
+                t[f"{mlp}.shared_experts.{proj}_proj.weight"] = getattr(ffn.shared_expert.ffn, proj).weight
+    return t
 
 
 def _gpt2_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
@@ -352,6 +542,8 @@ def hf_tensors(arch: str, model: DecoderLM, f: ModelFacts) -> dict[str, torch.Te
     """HF tensor name → float32, contiguous, unshared CPU tensor (what safetensors.save_file accepts)."""
     if arch == "gpt2":
         t = _gpt2_tensors(model, f)
+    elif arch == "deepseek_v3":
+        t = _deepseek_v3_tensors(model, f)
     else:
         t = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.weight}
         if not f.tied:
@@ -384,7 +576,8 @@ def hf_tensors(arch: str, model: DecoderLM, f: ModelFacts) -> dict[str, torch.Te
 def check_rope_theta(model: DecoderLM, rope_theta: float) -> None:
     """The model keeps θ only as its cos table; a config whose θ does not rebuild that table is wrong."""
     attn = model.blocks[0].attention
-    cos_SR, _ = rope_cos_sin(attn.max_seq_len, attn.head_dim, float(rope_theta))
+    rotary_dim = attn.rope_dim if isinstance(attn, MLAttention) else attn.head_dim
+    cos_SR, _ = rope_cos_sin(attn.max_seq_len, rotary_dim, float(rope_theta))
     table = attn.rope_cos_SR.detach().to("cpu", torch.float32)
     atol = 1e-5 if attn.rope_cos_SR.dtype == torch.float32 else 1e-2
     if not torch.allclose(table, cos_SR, atol=atol):

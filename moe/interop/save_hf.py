@@ -96,7 +96,8 @@ def save_hf(source: nn.Module | str | Path, out_dir: str | Path, *, config: Mapp
         config: for a model object, the run config it was built from (``model``/``router``/... nodes, as
             in a checkpoint's config.yaml) or its ``model`` node; only RoPE's θ is taken from it (and
             checked against the model), the rest is read off the modules. Not allowed with a path.
-        arch: force a HF ``model_type`` (llama, qwen2, qwen3, gpt2, mixtral, qwen2_moe, qwen3_moe, olmoe);
+        arch: force a HF ``model_type`` (llama, qwen2, qwen3, gpt2, mixtral, qwen2_moe, qwen3_moe, olmoe,
+            deepseek_v3);
             default: the first that represents the model exactly (see moe/interop/hf_export.py).
         overwrite: replace a non-empty ``out_dir``.
 

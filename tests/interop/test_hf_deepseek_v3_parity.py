@@ -103,3 +103,16 @@ def test_unsupported_features_are_refused(tmp_path, edit, message):
     path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
     with pytest.raises(ValueError, match=message):
         hf_run_config(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_no_shared_experts_loads_without_them(tmp_path):
+    """n_shared_experts=0: transformers writes empty [0, D] / [D, 0] shared_experts tensors; they hold
+    nothing, so the import builds no shared expert and skips them."""
+    reference = save_tiny_deepseek_v3(tmp_path, n_shared_experts=0)
+    assert load_file(tmp_path / "model.safetensors")["model.layers.1.mlp.shared_experts.up_proj.weight"].numel() == 0
+    ours = load_model(tmp_path)
+    assert all(layer.shared_expert is None for layer in ours.moe_layers)
+    ids = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Logits parity of HF Llama / Mistral / Qwen2 models imported into our backbone (tiny random
+"""Logits parity of HF Llama / Mistral / Qwen2 / Qwen3 models imported into our backbone (tiny random
 models built offline from their config classes)."""
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ ARCHS = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
 }
+# Qwen3's class default head_dim is 128, not hidden/heads: tiny Qwen3s set it
+HEAD_DIM = {"qwen3": {"head_dim": TINY["hidden_size"] // TINY["num_attention_heads"]}}
 
 
 def _save_hf(tmp_path, arch: str, *, tie: bool, shard: str | None = None, **extra):
     config_cls, model_cls = ARCHS[arch]
     torch.manual_seed(0)
     # initializer_range 0.2 (not 0.02) so attention, and hence RoPE, visibly moves the logits
-    extra = {"initializer_range": 0.2, **extra}
+    extra = {"initializer_range": 0.2, **HEAD_DIM.get(arch, {}), **extra}
     config = config_cls(**TINY, tie_word_embeddings=tie, rope_theta=5000.0, rms_norm_eps=1e-5, **extra)
     model = model_cls(config).float().eval()
     with torch.no_grad():  # random norm gains and biases, so every mapped tensor matters
@@ -57,6 +60,7 @@ def test_logits_match_hf(tmp_path, arch, tie):
     assert isinstance(ours, DecoderLM) and not ours.training
     assert (ours.lm_head.weight is ours.embed.weight) == tie
     assert ours.blocks[0].attention.q_proj.bias is not None if arch == "qwen2" else True
+    assert (ours.blocks[0].attention.q_norm is not None) == (arch == "qwen3")
     _assert_parity(hf_model, ours)
 
 
@@ -101,6 +105,21 @@ def test_unsupported_model_type(tmp_path, model_type):
 def test_unsupported_features(bad, match):
     with pytest.raises(ValueError, match=match):
         model_config_from_hf({**TINY, "model_type": "mistral", **bad})
+
+
+def test_qwen3_config_mapping_and_head_dim():
+    cfg = model_config_from_hf({**TINY, "model_type": "qwen3", "head_dim": 16, "rms_norm_eps": 1e-6,
+                                "use_sliding_window": False, "sliding_window": 32})  # window unused
+    assert cfg["qk_norm"] and cfg["qk_norm_scope"] == "head" and not cfg["attention_bias"]
+    assert cfg["max_seq_len"] == 256 and cfg["norm_eps"] == 1e-6
+    # Qwen3's class default head_dim=128 differs from hidden/heads here: refused, naming the field
+    with pytest.raises(ValueError, match=r"qwen3: head_dim=128 differs from hidden_size/num_attention_heads=16"):
+        model_config_from_hf({**TINY, "model_type": "qwen3", "head_dim": 128})
+    with pytest.raises(ValueError, match="qwen3: sliding_window=32 is shorter"):
+        model_config_from_hf({**TINY, "model_type": "qwen3", "head_dim": 16, "use_sliding_window": True,
+                              "sliding_window": 32})
+    with pytest.raises(ValueError, match="qwen3: attention_bias=true"):
+        model_config_from_hf({**TINY, "model_type": "qwen3", "head_dim": 16, "attention_bias": True})
 
 
 def test_sliding_window_at_least_seq_len_is_fine():

@@ -1,7 +1,7 @@
 """save_hf: tiny random moe-lab models written as HF llama / qwen2 / qwen3 / gpt2 / mixtral / qwen2_moe /
-qwen3_moe / olmoe give transformers' logits equal to ours (float32, 1e-4 relative) and load back into
-moe-lab unchanged; HF → moe-lab → HF round-trips; unsupported models and occupied directories are
-refused before anything is written."""
+qwen3_moe / olmoe / deepseek_v3 give transformers' logits equal to ours (float32, 1e-4 relative) and load
+back into moe-lab unchanged; HF → moe-lab → HF round-trips (Mixtral, DeepSeek-V3); unsupported models and
+occupied directories are refused before anything is written."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from safetensors.torch import save_model
 
 from moe import load_model
 from moe.checkpoint import write_config
-from moe.interop import SUPPORTED, save_hf
+from moe.interop import save_hf
 from moe.models.build import build_model
+from moe.routers import SigmoidRouter
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,6 +29,14 @@ MODEL = {"_target_": "moe.models.DecoderLM", "vocab_size": V, "d_model": 64, "n_
 MOE = {"num_experts": 4, "expert_d_ff": 32}
 GPT2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu", "n_kv_heads": 4, "attention_bias": True,
         "attention_out_bias": True, "tie_embeddings": True}
+MLA = {"attention": "mla", "n_kv_heads": None, "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
+       "qk_rope_head_dim": 4, "v_head_dim": 12}
+SIGMOID = {"_target_": "moe.routers.SigmoidRouter", "_partial_": True, "top_k": 2, "num_groups": 4, "topk_groups": 2,
+           "routed_scaling_factor": 2.5}
+# DeepSeek-style: MLA, a dense first block, 8 experts in 4 groups (2 kept), two shared experts (one SwiGLU
+# of 2 × 32), a non-zero selection bias (random_model sets it)
+DEEPSEEK = {**MLA, "n_layers": 3, "num_experts": 8, "expert_d_ff": 32, "num_shared_experts": 2,
+            "moe_first_dense": 1, "router": SIGMOID}
 
 
 def run_config(*, order="topk_then_softmax", balance=None, router=None, **model) -> dict:
@@ -53,6 +62,9 @@ def random_model(config):
                 param.normal_(0.0, 0.5)  # distinct experts per token
             else:
                 param.normal_(0.0, 0.1 if name.endswith("bias") else 0.15)
+        for layer in getattr(model, "moe_layers", []):
+            if isinstance(layer.router, SigmoidRouter):  # as aux_free leaves it: changes the selection
+                layer.router.selection_bias_E.normal_(0.0, 0.5)
     return model.eval()
 
 
@@ -79,10 +91,18 @@ CASES = {  # name: (model/router options, the HF model_type save_hf should pick)
     "qwen2_moe_plain_softmax_then_topk": ({**MOE, "order": "softmax_then_topk"}, "qwen2_moe"),
     "qwen3_moe": ({**MOE, "qk_norm": True, "moe_layers": [1], "order": "softmax_then_topk"}, "qwen3_moe"),
     "olmoe": ({**MOE, "qk_norm": True, "qk_norm_scope": "full", "n_layers": 2}, "olmoe"),
+    "deepseek_v3": (DEEPSEEK, "deepseek_v3"),
+    # plain query projection, no shared expert (n_shared_experts=0), tied, every block MoE, unnormalised
+    # weights, groups of one expert (written as n_group=1: the group limit is then a no-op)
+    "deepseek_v3_plain_q_no_shared": ({**DEEPSEEK, "q_lora_rank": None, "num_shared_experts": 0, "moe_first_dense": 0,
+                                       "tie_embeddings": True, "router": {**SIGMOID, "num_groups": 8, "topk_groups": 3,
+                                                                          "normalize": False}}, "deepseek_v3"),
+    "deepseek_v3_dense_mla": (MLA, "deepseek_v3"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # n_shared_experts=0
 def test_save_hf_logits_match_transformers_and_load_back(tmp_path, case):
     options, expected = CASES[case]
     config = run_config(**options)
@@ -98,10 +118,60 @@ def test_save_hf_logits_match_transformers_and_load_back(tmp_path, case):
     diff = rel_diff(theirs, ours)
     print(f"{case}: {expected} max |Δlogit| / max |logit| = {diff:.2e}")
     assert diff < 1e-4
-    if expected in SUPPORTED:  # moe-lab's import reads the directory back to the same function
-        with torch.no_grad():
-            back = load_model(out)(ids).logits
-        assert rel_diff(back, ours) < 1e-6
+    with torch.no_grad():  # moe-lab's import reads the directory back to the same function
+        back = load_model(out)(ids).logits
+    assert rel_diff(back, ours) < 1e-6
+
+
+def test_deepseek_v3_export_config_and_router_bias(tmp_path):
+    config = run_config(**DEEPSEEK)
+    model = random_model(config)
+    out = save_hf(model, tmp_path / "hf", config=config)
+    written = json.loads((out / "config.json").read_text())
+    assert written["architectures"] == ["DeepseekV3ForCausalLM"]
+    expected = {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
+                "norm_topk_prob": True, "routed_scaling_factor": 2.5, "topk_method": "noaux_tc",
+                "scoring_func": "sigmoid", "first_k_dense_replace": 1, "moe_intermediate_size": 32,
+                "intermediate_size": 96, "n_shared_experts": 2, "q_lora_rank": 24, "kv_lora_rank": 16,
+                "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 12, "rope_interleave": False,
+                "num_key_value_heads": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
+    assert {key: written[key] for key in expected} == expected
+    hf, _ = hf_logits(out, torch.randint(0, V, (1, 4)))
+    for ours, theirs in zip(model.moe_layers, [layer.mlp for layer in hf.model.layers[1:]]):
+        assert torch.equal(theirs.gate.e_score_correction_bias, ours.router.selection_bias_E)
+        assert theirs.shared_experts.up_proj.weight.shape == (64, 64)  # 2 shared experts × 32
+    back = load_model(out)
+    router = back.moe_layers[0].router
+    assert (router.num_groups, router.topk_groups, router.routed_scaling_factor) == (4, 2, 2.5)
+    assert back.moe_layers[0].shared_expert.ffn.up.weight.shape == (64, 64)
+    assert torch.equal(router.selection_bias_E, model.moe_layers[0].router.selection_bias_E)
+
+
+def test_hf_deepseek_v3_round_trips_through_moe_lab(tmp_path):
+    """HF (interleaved RoPE, DeepSeek's own layout) → moe-lab (rows de-interleaved) → HF (rope_interleave
+    false) computes the same function."""
+    config = transformers.DeepseekV3Config(
+        vocab_size=V, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, first_k_dense_replace=1, n_routed_experts=8, n_group=4,
+        topk_group=2, num_experts_per_tok=2, n_shared_experts=1, q_lora_rank=24, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=12, max_position_embeddings=48, initializer_range=0.2,
+        rope_interleave=True)
+    torch.manual_seed(0)
+    reference = transformers.DeepseekV3ForCausalLM(config).eval()
+    for layer in reference.model.layers[1:]:
+        layer.mlp.gate.e_score_correction_bias.normal_(0.0, 0.5)
+    reference.save_pretrained(tmp_path / "a")
+    save_hf(tmp_path / "a", tmp_path / "b")
+    again, logits = hf_logits(tmp_path / "b", ids := torch.randint(0, V, (2, S)))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        back = load_model(tmp_path / "b")(ids).logits
+    diff = rel_diff(logits, expected)
+    print(f"HF deepseek_v3 → moe-lab → HF: max |Δlogit| / max |logit| = {diff:.2e}")
+    assert diff < 1e-4 and rel_diff(back, expected) < 1e-4
+    assert again.config.rope_interleave is False and again.config.n_shared_experts == 1
+    assert torch.equal(again.model.layers[2].mlp.gate.e_score_correction_bias,
+                       reference.model.layers[2].mlp.gate.e_score_correction_bias)
 
 
 def test_hf_mixtral_round_trips_through_moe_lab(tmp_path):
@@ -169,7 +239,13 @@ def test_run_directory_source_and_cli(tmp_path, capsys):
     ({**MOE, "router": {"_target_": "moe.routers.ExpertChoiceRouter", "_partial_": True}},
      "router ExpertChoiceRouter has no Hugging Face equivalent.*exportable routers: TopKRouter"),
     ({**MOE, "router": {"_target_": "moe.routers.SigmoidRouter", "_partial_": True}},
-     "SigmoidRouter would export as deepseek_v3, which save_hf does not support yet"),
+     "deepseek_v3: model.attention=gqa \\(deepseek_v3 needs model.attention=mla"),
+    ({**DEEPSEEK, "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True}},
+     "deepseek_v3: router TopKRouter \\(deepseek_v3 routes with sigmoid scores"),
+    ({**DEEPSEEK, "moe_first_dense": 0, "moe_layers": [0, 2]},
+     "MoE blocks \\[0, 2\\]: deepseek_v3 has dense blocks only before the first MoE block"),
+    ({**DEEPSEEK, "shared_expert_d_ff": 48}, "shared expert width 96 != num_shared_experts × expert_d_ff"),
+    ({**DEEPSEEK, "shared_expert_gate": True}, "a gated shared expert"),
     ({**MOE, "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "jitter_eps": 0.01}},
      "jitter_eps=0.01 has no HF equivalent"),
     ({**MOE, "capacity_factor": 1.25}, "HF MoEs are dropless"),
