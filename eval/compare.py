@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_and_data import eval_data, load, model_max_seq_len  # noqa: E402
+from model_and_data import eval_data, load  # noqa: E402
 
 from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise  # noqa: E402
 from moe.evaluation import eval_indices  # noqa: E402
@@ -106,7 +106,7 @@ def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
     row.update({f"params_{k}": v for k, v in param_counts(model).items()})
     row["domain_mi"] = row["topk_score_sum"] = math.nan
     if routing and model.moe_layers:
-        data = eval_data(run, config, [], model_max_seq_len(model))
+        data = eval_data(run, config, [], model)
         ids = eval_indices(data.val.domain_ids, sequences_per_domain)
         traces = collect_routing(model, data.val.input_ids[ids, :-1], data.val.domain_ids[ids])
         summaries = summarise(traces, data.domains)

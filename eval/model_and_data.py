@@ -1,9 +1,10 @@
 """What the eval scripts share: loading a model with its run config, and the data to score it on.
 
 The data is a ``data`` config node, chosen with the same override syntax as ``train.py``:
-by default a moe-lab checkpoint is scored on the data of its own run (its ``config.yaml``), and a
-Hugging Face directory on the embedded corpus; overrides such as ``data=hf data.data_files=x.jsonl``
-compose a fresh node from configs/. Sequences never exceed the model's ``max_seq_len``.
+by default a moe-lab checkpoint is scored on the data of its own run (its ``config.yaml``); overrides
+such as ``data=hf data.data_files=x.jsonl`` compose a fresh node from configs/ (a Hugging Face
+directory needs one, with its tokenizer: ``data=chat ... data.tokenizer=auto``). Sequences never
+exceed the model's ``max_seq_len``.
 """
 
 from __future__ import annotations
@@ -46,19 +47,23 @@ def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, An
     return load_model(path, device=device), run_config(path)
 
 
-def eval_data(path: str | Path, config: dict[str, Any], overrides: list[str], max_seq_len: int) -> DataBundle:
-    """The data to score the model of ``path`` on (see the module docstring)."""
+def eval_data(path: str | Path, config: dict[str, Any], overrides: list[str], model: nn.Module) -> DataBundle:
+    """The data to score ``model`` (loaded from ``path``) on (see the module docstring)."""
+    max_seq_len, vocab_size = int(model.max_seq_len), int(model.vocab_size)
     data_overrides = [o for o in overrides if o.lstrip("+~").startswith("data")]
     if "data" in config and not data_overrides:
         node = dict(config["data"])
+    elif not data_overrides:  # a HF model: the byte-level default corpus would not match its vocabulary
+        raise ValueError(f"{path} brings no data config: name one with its tokenizer, e.g. "
+                         f"data=chat data.data_files=rows.jsonl (data.tokenizer=auto uses the model's tokenizer.json)")
     else:
         node = dict(compose_config(overrides)["data"])
     if not any(o.startswith("data.seq_len=") for o in overrides):
         node["seq_len"] = min(int(node.get("seq_len", max_seq_len)), max_seq_len)
     if node.get("tokenizer") == "auto":  # the tokenizer of the model's own directory, as in training
         node["tokenizer"] = str(path)
-    return instantiate(node, "data")
-
-
-def model_max_seq_len(model: nn.Module) -> int:
-    return int(getattr(model, "max_seq_len", 1 << 30))
+    data = instantiate(node, "data")
+    if data.vocab_size > vocab_size:
+        raise ValueError(f"the data's tokenizer has {data.vocab_size} tokens, more than the model's vocab_size="
+                         f"{vocab_size}: score the model with its own tokenizer (data.tokenizer)")
+    return data

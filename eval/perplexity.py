@@ -3,7 +3,7 @@
     .venv/bin/python eval/perplexity.py runs/my-run                      # its own validation split
     .venv/bin/python eval/perplexity.py runs/my-run data=embedded         # the embedded corpus
     .venv/bin/python eval/perplexity.py runs/my-run data=hf data.data_files=notes.txt --split train
-    .venv/bin/python eval/perplexity.py path/to/hf-mixtral --max-sequences 64 --out ppl.json
+    .venv/bin/python eval/perplexity.py path/to/hf-mixtral data=chat data.data_files=rows.jsonl --out ppl.json
 
 Scores every sequence of the split (or the first ``--max-sequences`` per domain) with the token-
 weighted mean cross-entropy in nats/token, and perplexity = exp(loss). With the byte tokenizer a
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_and_data import eval_data, load, model_max_seq_len  # noqa: E402
+from model_and_data import eval_data, load  # noqa: E402
 
 from moe.evaluation import evaluate  # noqa: E402
 
@@ -31,7 +31,7 @@ def perplexity_table(path: str, overrides: list[str], *, split: str = "val", max
                      batch_size: int = 8, device: str = "cpu") -> dict:
     """{"overall": {...}, "domains": {name: {"loss", "perplexity", "bits_per_token", "sequences"}}}."""
     model, config = load(path, device=device)
-    data = eval_data(path, config, overrides, model_max_seq_len(model))
+    data = eval_data(path, config, overrides, model)
     packed = getattr(data, split)
     if len(packed) == 0:
         raise ValueError(f"the {split} split of the data is empty")

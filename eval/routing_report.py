@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_and_data import eval_data, load, model_max_seq_len  # noqa: E402
+from model_and_data import eval_data, load  # noqa: E402
 
 from moe.analysis import collect_routing, summarise  # noqa: E402
 from moe.checkpoint import list_checkpoints  # noqa: E402
@@ -114,7 +114,7 @@ def routing_report(path: str, out: Path, overrides: list[str] | None = None, *, 
     """Write the report into ``out``; returns what report.json holds."""
     overrides = overrides or []
     model, config = load(path, device=device)
-    data = eval_data(path, config, overrides, model_max_seq_len(model))
+    data = eval_data(path, config, overrides, model)
     ids = eval_indices(data.val.domain_ids, sequences_per_domain)
     inputs, domain_ids = data.val.input_ids[ids, :-1], data.val.domain_ids[ids]
     traces = collect_routing(model, inputs, domain_ids, batch_size=batch_size, device=device)
