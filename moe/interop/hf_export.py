@@ -4,7 +4,7 @@ that transformers 5.24 ``save_pretrained`` writes and ``from_pretrained`` merges
 (METHODS.md part 4 §3). No I/O and no ``transformers`` import: the config is a plain dict.
 
 Everything is read off the model's modules (widths, heads, norms, biases, routers, shared experts,
-balancers), so an upcycled or hand-edited model exports as it is; only RoPE's θ, which the model keeps
+balancers; moe/interop/hf_model_facts.py), so an upcycled or hand-edited model exports as it is; only RoPE's θ, which the model keeps
 only as a cos/sin table, comes from the run config (and is checked against that table).
 
 Which ``model_type`` (``arch``; the first that fits in this order when not forced)::
@@ -78,21 +78,16 @@ seq_aux, importance, remoe_l1 and the other balancers have no HF counterpart and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from moe.balance.switch_aux import SwitchAuxLoss
-from moe.experts.swiglu import SwiGLUExperts
+from moe.interop.hf_model_facts import ModelFacts, model_facts
 from moe.layer import MoELayer
-from moe.models.attention import Attention, rope_cos_sin
+from moe.models.attention import rope_cos_sin
 from moe.models.decoder import DecoderLM
-from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mla import MLAttention
-from moe.routers.sigmoid import SigmoidRouter
-from moe.routers.top_k import TopKRouter
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "gpt2": "GPT2LMHeadModel", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
@@ -100,193 +95,6 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen
                  "deepseek_v3": "DeepseekV3ForCausalLM"}
 DENSE_TARGETS = ("llama", "qwen2", "qwen3", "gpt2")
 MOE_TARGETS = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe")  # also the order tried when arch is not forced
-EXPORTABLE_ROUTERS = ("TopKRouter (router=top_k) → mixtral, qwen2_moe, qwen3_moe, olmoe; "
-                      "SigmoidRouter (router=sigmoid) → deepseek_v3")
-MLA_NORM_EPS = 1e-6  # HF DeepseekV3's q_a_layernorm / kv_a_layernorm always use the RMSNorm default
-
-
-@dataclass
-class ModelFacts:
-    """What the export needs to know about a model, read off its modules."""
-
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    max_seq_len: int
-    norm_eps: float
-    norm: str                  # rmsnorm | layernorm
-    position: str              # rope | learned
-    mlp: str                   # swiglu | gelu (of the dense blocks)
-    qk_norm: str | None        # None | head | full
-    qkv_bias: bool
-    out_bias: bool
-    tied: bool
-    d_ff: int | None           # dense blocks' FFN width (None: no dense block)
-    moe_layers: list[int] = field(default_factory=list)
-    num_experts: int = 0
-    top_k: int = 0
-    expert_d_ff: int = 0
-    order: str = ""
-    shared_d_ff: int = 0       # the (summed) shared expert width, 0 = none
-    shared_gate: bool = False
-    aux_coeff: float = 0.0     # switch_aux coefficient (ours: 1 at balance)
-    shared_count: int = 0      # SharedExpert.num_experts (DeepSeek's n_shared_experts)
-    router: str = ""           # top_k | sigmoid (MoE models)
-    num_groups: int = 1        # SigmoidRouter's group-limited selection, normalisation and scale
-    topk_groups: int = 1
-    normalize: bool = True
-    routed_scaling_factor: float = 1.0
-    attention: str = "gqa"     # gqa | mla
-    mla: dict[str, Any] = field(default_factory=dict)  # q_lora_rank, kv_lora_rank, qk_{nope,rope}_head_dim, v_head_dim
-
-
-def _single(values: set, what: str) -> Any:
-    """The one value every layer agrees on; HF configs hold a single value per field."""
-    if len(values) != 1:
-        raise ValueError(f"{what} differs between layers ({sorted(values, key=str)}); a HF config holds one value")
-    return next(iter(values))
-
-
-def _check_router(router: nn.Module, i: int) -> None:
-    if type(router) is SigmoidRouter:  # → deepseek_v3; its selection_bias_E is e_score_correction_bias
-        return
-    if type(router) is not TopKRouter:
-        raise ValueError(f"block {i}: router {type(router).__name__} has no Hugging Face equivalent (HF MoEs route "
-                         f"by softmax top-k token choice); exportable routers: {EXPORTABLE_ROUTERS}")
-    if router.jitter_eps:
-        raise ValueError(f"block {i}: router.jitter_eps={router.jitter_eps} has no HF equivalent (Mixtral's "
-                         f"router_jitter_noise also scales the experts' input); set router.jitter_eps=0")
-    if torch.any(router.selection_bias_E != 0):
-        raise ValueError(f"block {i}: the router's selection_bias_E is non-zero (aux_free balancing); HF softmax "
-                         f"routers have no selection bias, so the exported model would route differently (only "
-                         f"deepseek_v3's SigmoidRouter has one)")
-
-
-def model_facts(model: nn.Module) -> ModelFacts:
-    """Read the architecture off a :class:`DecoderLM`. Raises ValueError for what no HF model has."""
-    if not isinstance(model, DecoderLM):
-        raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
-    blocks = list(model.blocks)
-    kinds = _single({type(b.attention) for b in blocks}, "the attention type")
-    if kinds not in (Attention, MLAttention):
-        raise ValueError(f"attention {kinds.__name__} has no Hugging Face equivalent")
-    if kinds is MLAttention:
-        return _mla_model_facts(model)
-    return _finish_facts(model, _gqa_facts(model))
-
-
-def _latent_norms(model: DecoderLM) -> list[nn.Module]:
-    """MLA's q_a_norm / kv_a_norm (their ε is fixed, not the model's norm_eps)."""
-    return [m for b in model.blocks if isinstance(b.attention, MLAttention)
-            for m in (b.attention.q_a_norm, b.attention.kv_a_norm) if m is not None]
-
-
-def _gqa_facts(model: DecoderLM) -> ModelFacts:
-    blocks = list(model.blocks)
-    attn = blocks[0].attention
-    norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))]
-    norm_kinds = {type(m).__name__ for b in blocks for m in (b.attn_norm, b.ffn_norm)} | {
-        type(model.final_norm).__name__}
-    qk = {None if b.attention.q_norm is None else ("full" if b.attention.qk_norm_full else "head") for b in blocks}
-    facts = ModelFacts(
-        vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
-        n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads, head_dim=attn.head_dim, max_seq_len=model.max_seq_len,
-        norm_eps=float(_single({m.eps for m in norms}, "the norm eps")),
-        norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
-        position="learned" if model.pos_embed is not None else "rope",
-        mlp="swiglu", qk_norm=_single(qk, "qk_norm"),
-        qkv_bias=_single({b.attention.q_proj.bias is not None for b in blocks}, "attention_bias"),
-        out_bias=_single({b.attention.o_proj.bias is not None for b in blocks}, "attention_out_bias"),
-        tied=model.lm_head.weight is model.embed.weight, d_ff=None)
-    if facts.position == "rope" and not _single({b.attention.rope for b in blocks}, "rope"):
-        raise ValueError("a model without RoPE and without learned positions has no HF equivalent")
-    return facts
-
-
-def _mla_model_facts(model: DecoderLM) -> ModelFacts:
-    """Multi-head latent attention (only deepseek_v3 has it): no q/k norm, biases or learned positions."""
-    blocks = list(model.blocks)
-    latent = _latent_norms(model)
-    latent_ids = {id(m) for m in latent}
-    norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm)) and id(m) not in latent_ids]
-    for m in latent:
-        if m.eps != MLA_NORM_EPS:
-            raise ValueError(f"an MLA latent RMSNorm has eps={m.eps}; HF DeepSeek-V3 fixes it at {MLA_NORM_EPS}")
-    norm_kinds = {type(b.attn_norm).__name__ for b in blocks} | {type(b.ffn_norm).__name__ for b in blocks} | {
-        type(model.final_norm).__name__}
-    sizes = {(None if a.q_proj is not None else a.q_a_proj.out_features, a.kv_lora_rank, a.nope_dim, a.rope_dim,
-              a.v_dim) for a in (b.attention for b in blocks)}
-    q_lora_rank, kv_lora_rank, nope, rope, v = _single(sizes, "the MLA sizes")
-    attn = blocks[0].attention
-    return _finish_facts(model, ModelFacts(
-        vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
-        n_heads=_single({b.attention.n_heads for b in blocks}, "n_heads"), n_kv_heads=attn.n_heads,
-        head_dim=rope, max_seq_len=model.max_seq_len,
-        norm_eps=float(_single({m.eps for m in norms}, "the norm eps")),
-        norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
-        position="learned" if model.pos_embed is not None else "rope", mlp="swiglu", qk_norm=None,
-        qkv_bias=False, out_bias=False, tied=model.lm_head.weight is model.embed.weight, d_ff=None,
-        attention="mla", mla={"q_lora_rank": q_lora_rank, "kv_lora_rank": kv_lora_rank, "qk_nope_head_dim": nope,
-                              "qk_rope_head_dim": rope, "v_head_dim": v}))
-
-
-def _finish_facts(model: DecoderLM, facts: ModelFacts) -> ModelFacts:
-    """The FFN half (dense widths, MoE routers, experts, shared experts, balancers)."""
-    blocks = list(model.blocks)
-    dense = [b.ffn for b in blocks if not isinstance(b.ffn, MoELayer)]
-    if dense:
-        for ffn in dense:
-            if not isinstance(ffn, (SwiGLU, GELUMLP)):
-                raise ValueError(f"dense FFN {type(ffn).__name__} has no HF equivalent (SwiGLU or GELU MLP)")
-        facts.mlp = _single({"gelu" if isinstance(f, GELUMLP) else "swiglu" for f in dense}, "model.mlp")
-        facts.d_ff = _single({(f.fc if isinstance(f, GELUMLP) else f.gate).out_features for f in dense},
-                             "the dense FFN width d_ff")
-
-    moe = [(i, b.ffn) for i, b in enumerate(blocks) if isinstance(b.ffn, MoELayer)]
-    if not moe:
-        return facts
-    facts.moe_layers = [i for i, _ in moe]
-    for i, layer in moe:
-        _check_router(layer.router, i)
-        if layer.capacity_factor is not None or layer.eval_capacity_factor is not None:
-            raise ValueError(f"block {i}: model.capacity_factor={layer.capacity_factor} / eval_capacity_factor="
-                             f"{layer.eval_capacity_factor}: HF MoEs are dropless; set both to null to export")
-        if not isinstance(layer.experts, SwiGLUExperts):
-            raise ValueError(f"block {i}: experts {type(layer.experts).__name__} are not SwiGLU experts")
-        shared = layer.shared_expert
-        if shared is not None and not isinstance(shared.ffn, SwiGLU):
-            raise ValueError(f"block {i}: shared expert {type(shared.ffn).__name__} is not SwiGLU")
-    facts.num_experts = _single({layer.experts.num_experts for _, layer in moe}, "num_experts")
-    facts.top_k = _single({layer.router.top_k for _, layer in moe}, "router.top_k")
-    facts.expert_d_ff = _single({layer.experts.d_ff for _, layer in moe}, "the expert width expert_d_ff")
-    facts.order = _single({getattr(layer.router, "order", "") for _, layer in moe}, "router.order")
-    facts.shared_d_ff = _single({0 if layer.shared_expert is None else layer.shared_expert.ffn.gate.out_features
-                                 for _, layer in moe}, "the shared expert")
-    facts.shared_gate = _single({layer.shared_expert is not None and layer.shared_expert.gate is not None
-                                 for _, layer in moe}, "shared_expert_gate")
-    facts.shared_count = _single({0 if layer.shared_expert is None else layer.shared_expert.num_experts
-                                  for _, layer in moe}, "num_shared_experts")
-    routers = [layer.router for _, layer in moe]
-    facts.router = _single({"sigmoid" if isinstance(r, SigmoidRouter) else "top_k" for r in routers}, "the router")
-    if facts.router == "sigmoid":
-        facts.num_groups = _single({r.num_groups for r in routers}, "router.num_groups")
-        facts.topk_groups = _single({r.topk_groups for r in routers}, "router.topk_groups")
-        facts.normalize = _single({r.normalize for r in routers}, "router.normalize")
-        facts.routed_scaling_factor = _single({r.routed_scaling_factor for r in routers},
-                                              "router.routed_scaling_factor")
-    coeffs = set()
-    for _, layer in moe:
-        switch = [b.coeff for b in layer.balancers.values() if isinstance(b, SwitchAuxLoss)]
-        if len(switch) > 1:
-            raise ValueError("more than one switch_aux balancer per layer; HF has a single router_aux_loss_coef")
-        coeffs.add(switch[0] if switch else 0.0)
-    facts.aux_coeff = _single(coeffs, "the switch_aux coefficient")
-    return facts
-
-
 def arch_problems(arch: str, f: ModelFacts) -> list[str]:
     """Why ``arch`` cannot hold this model exactly (empty: it can)."""
     if arch not in ARCHITECTURES:
