@@ -15,8 +15,10 @@ multirun directory (each job's sub-directory is one run, named after its overrid
 - tokens/s: the median over the run's log records;
 - parameters, total and active per token (moe/analysis/params.py).
 
-Writes OUT/compare.md, OUT/compare.csv and OUT/loss_curves.png (train LM loss, and val loss at the
-evaluations).
+Runs that differ only in ``trainer.seed`` are seeds of one arm: compare.md then starts with a table
+of each arm's mean ± sample std over its seeds (also OUT/compare_by_arm.csv), and the plot shows each
+arm's mean curve. Writes OUT/compare.md, OUT/compare.csv and OUT/loss_curves.png (train LM loss, and
+val loss at the evaluations).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -115,15 +118,28 @@ def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
     return row
 
 
-def plot_curves(runs: list[Path], labels: list[str], out: Path) -> None:
+def arm_of(label: str) -> str:
+    """A job's arm: its overrides without the job number and ``trainer.seed`` (seeds of one arm pool)."""
+    match = re.match(r"^\d+_(.*)$", label)
+    parts = [p for p in _split_overrides(match.group(1) if match else label) if not p.startswith("trainer.seed=")]
+    return ",".join(parts) or label
+
+
+def _mean_curve(runs: list[Path], key: str) -> list[tuple[int, float]]:
+    """(step, mean over the runs) at the steps every run logged ``key``."""
+    per_run = [{r["step"]: r[key] for r in read_records(run) if key in r} for run in runs]
+    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    return [(step, statistics.fmean(p[step] for p in per_run)) for step in steps]
+
+
+def plot_curves(arms: dict[str, list[Path]], out: Path) -> None:
+    """Train and val loss per arm (the mean over its seeds)."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run, label in zip(runs, labels):
-        records = read_records(run)
-        train = [(r["step"], r["lm_loss"]) for r in records if "lm_loss" in r]
-        val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
-        if train:
+    for arm, runs in arms.items():
+        label = arm if len(runs) == 1 else f"{arm} (mean of {len(runs)})"
+        if train := _mean_curve(runs, "lm_loss"):
             ax_train.plot(*zip(*train), label=label, linewidth=1)
-        if val:
+        if val := _mean_curve(runs, "val/loss"):
             ax_val.plot(*zip(*val), marker="o", label=label, linewidth=1)
     ax_train.set(xlabel="optimizer step", ylabel="train LM loss (nats/token)", title="training")
     ax_val.set(xlabel="optimizer step", ylabel="val loss (nats/token)", title="validation")
@@ -135,26 +151,66 @@ def plot_curves(runs: list[Path], labels: list[str], out: Path) -> None:
     plt.close(fig)
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per arm: ``seeds`` and, for every number, its mean and sample std over the arm's runs."""
+    arms: dict[str, list[dict]] = {}
+    for row in rows:
+        arms.setdefault(arm_of(row["run"]), []).append(row)
+    table = []
+    for arm, members in arms.items():
+        out = {"arm": arm, "seeds": len(members)}
+        for key in members[0]:
+            values = [m[key] for m in members if isinstance(m.get(key), (int, float))]
+            if key in ("run", "steps") or len(values) != len(members):
+                continue
+            out[key] = statistics.fmean(values)
+            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        table.append(out)
+    return table
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
+def _markdown(rows: list[dict], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return columns
+
+
 def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequences_per_domain: int = 32) -> list[dict]:
+    """Write the tables and the plot (see the module docstring); returns the per-run rows."""
     runs = find_runs(paths)
     rows = [run_row(run, routing=routing, sequences_per_domain=sequences_per_domain) for run in runs]
     for row, label in zip(rows, short_labels([run.name for run in runs])):
         row["run"] = label
-    columns = list(dict.fromkeys(key for row in rows for key in row))
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
-    plot_curves(runs, [row["run"] for row in rows], out / "loss_curves.png")
+    columns = _write_csv(out / "compare.csv", rows)
+    arms: dict[str, list[Path]] = {}
+    for run, row in zip(runs, rows):
+        arms.setdefault(arm_of(row["run"]), []).append(run)
+    plot_curves(arms, out / "loss_curves.png")
+    lines = []
+    if any(len(members) > 1 for members in arms.values()):  # seeds: the arm table first, as mean ± std
+        by_arm = aggregate(rows)
+        _write_csv(out / "compare_by_arm.csv", by_arm)
+        shown = [c for c in columns if c not in ("run", "steps") and c in by_arm[0]]
+        cells = [{"arm": a["arm"], "seeds": a["seeds"],
+                  **{c: f"{_fmt(a[c])} ± {_fmt(a[c + '_std'])}" for c in shown}} for a in by_arm]
+        lines += ["Mean ± sample std over the seeds of each arm:", "", *_markdown(cells, ["arm", "seeds", *shown]),
+                  "", "Every run:", ""]
+    lines += _markdown(rows, columns)
     (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
     return rows
 

@@ -52,3 +52,19 @@ def test_labels_drop_the_overrides_every_run_shares():
     names = ["0_balance=switch_aux,trainer.max_steps=4", "1_balance=[switch_aux,z_loss],trainer.max_steps=4"]
     assert short_labels(names) == ["0_balance=switch_aux", "1_balance=[switch_aux,z_loss]"]
     assert short_labels(["my-run"]) == ["my-run"]
+
+
+def test_seeds_of_one_arm_pool_into_mean_and_sample_std():
+    from compare import aggregate, arm_of
+
+    assert arm_of("3_balance=[switch_aux,z_loss],trainer.seed=1") == "balance=[switch_aux,z_loss]"
+    assert arm_of("my-run") == "my-run"
+    rows = [{"run": "0_balance=none,trainer.seed=0", "steps": 4, "val_loss": 1.0, "domain_mi": 0.1},
+            {"run": "1_balance=none,trainer.seed=1", "steps": 4, "val_loss": 2.0, "domain_mi": 0.3},
+            {"run": "2_balance=aux_free,trainer.seed=0", "steps": 4, "val_loss": 1.5, "domain_mi": 0.2}]
+    by_arm = aggregate(rows)
+    assert [a["arm"] for a in by_arm] == ["balance=none", "balance=aux_free"]
+    assert by_arm[0]["seeds"] == 2 and by_arm[0]["val_loss"] == 1.5
+    assert by_arm[0]["val_loss_std"] == pytest.approx(0.5 ** 0.5)  # sample std of {1, 2}
+    assert by_arm[1]["domain_mi"] == 0.2 and by_arm[1]["domain_mi_std"] == 0.0
+    assert "steps" not in by_arm[0] and "run" not in by_arm[0]
