@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from moe.interop.hf_mixtral import stacked_experts
+from moe.interop.hf_mixtral import routed_expert_names, same, swiglu_names
 
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
 
@@ -125,7 +125,6 @@ def deepseek_v3_tensor_map(model_cfg: Mapping[str, Any], *, rope_interleave: boo
     every block (the embeddings and norms come from hf_dense.py's common map)."""
     E = model_cfg["num_experts"]
     n, r = model_cfg["qk_nope_head_dim"], model_cfg["qk_rope_head_dim"]
-    same = lambda t: t  # noqa: E731
     # q rows are per head [nope | rope]; kv_a_proj's rows are [latent | rope] (one block)
     q_rows = _deinterleave_rows(r, n + r, n) if rope_interleave else same
     kv_a_rows = _deinterleave_rows(r, model_cfg["kv_lora_rank"] + r, model_cfg["kv_lora_rank"]) \
@@ -147,18 +146,13 @@ def deepseek_v3_tensor_map(model_cfg: Mapping[str, Any], *, rope_interleave: boo
 
         ffn, mlp = f"{ours}.ffn", f"{hf}.mlp"
         if i < model_cfg["moe_first_dense"]:
-            for proj in ("gate", "up", "down"):
-                names[f"{ffn}.{proj}.weight"] = ([f"{mlp}.{proj}_proj.weight"], same)
+            names.update(swiglu_names(ffn, mlp))
             continue
         names[f"{ffn}.router.weight_ED"] = ([f"{mlp}.gate.weight"], same)
         names[f"{ffn}.router.selection_bias_E"] = ([f"{mlp}.gate.e_score_correction_bias"], same)
-        for our_name, proj in (("w_gate_EDF", "gate"), ("w_up_EDF", "up"), ("w_down_EFD", "down")):
-            names[f"{ffn}.experts.{our_name}"] = ([f"{mlp}.experts.{e}.{proj}_proj.weight" for e in range(E)],
-                                                  stacked_experts)
+        names.update(routed_expert_names(ffn, mlp, E))
         if model_cfg["num_shared_experts"]:
-            for proj in ("gate", "up", "down"):
-                names[f"{ffn}.shared_expert.ffn.{proj}.weight"] = ([f"{mlp}.shared_experts.{proj}_proj.weight"],
-                                                                   same)
+            names.update(swiglu_names(f"{ffn}.shared_expert.ffn", f"{mlp}.shared_experts"))
     return names
 
 

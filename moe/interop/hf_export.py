@@ -4,8 +4,9 @@ that transformers 5.24 ``save_pretrained`` writes and ``from_pretrained`` merges
 (METHODS.md part 4 §3). No I/O and no ``transformers`` import: the config is a plain dict.
 
 Everything is read off the model's modules (widths, heads, norms, biases, routers, shared experts,
-balancers; moe/interop/hf_model_facts.py), so an upcycled or hand-edited model exports as it is; only RoPE's θ, which the model keeps
-only as a cos/sin table, comes from the run config (and is checked against that table).
+balancers; moe/interop/hf_model_facts.py), so an upcycled or hand-edited model exports as it is;
+only RoPE's θ, which the model keeps only as a cos/sin table, comes from the run config (and is
+checked against that table).
 
 Which ``model_type`` (``arch``; the first that fits in this order when not forced)::
 

@@ -24,6 +24,25 @@ def stacked_experts(*per_expert: torch.Tensor) -> torch.Tensor:
     return torch.stack([w.T for w in per_expert])
 
 
+def same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+SWIGLU_PROJECTIONS = (("w_gate_EDF", "gate_proj"), ("w_up_EDF", "up_proj"), ("w_down_EFD", "down_proj"))
+
+
+def routed_expert_names(ours: str, hf: str, num_experts: int, projections=SWIGLU_PROJECTIONS
+                        ) -> dict[str, tuple[list[str], Callable[..., torch.Tensor]]]:
+    """Our expert stacks of the MoE layer ``ours`` ← HF's per-expert ``{hf}.experts.{e}.{proj}.weight``."""
+    return {f"{ours}.experts.{our_name}": ([f"{hf}.experts.{e}.{proj}.weight" for e in range(num_experts)],
+                                           stacked_experts) for our_name, proj in projections}
+
+
+def swiglu_names(ours: str, hf: str) -> dict[str, tuple[list[str], Callable[..., torch.Tensor]]]:
+    """Our SwiGLU ``{ours}.{gate,up,down}.weight`` ← HF's ``{hf}.{gate,up,down}_proj.weight``."""
+    return {f"{ours}.{proj}.weight": ([f"{hf}.{proj}_proj.weight"], same) for proj in ("gate", "up", "down")}
+
+
 def mixtral_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) -> dict[str, Any]:
     """model/router/experts/balance nodes from config.json and the Mistral backbone's model node."""
     E, k = int(cfg["num_local_experts"]), int(cfg["num_experts_per_tok"])
@@ -47,8 +66,6 @@ def mixtral_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[str
     names: dict[str, tuple[list[str], Callable[..., torch.Tensor]]] = {}
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}.block_sparse_moe", f"blocks.{i}.ffn"
-        names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], lambda t: t)
-        for our_name, hf_name in (("w_gate_EDF", "w1"), ("w_up_EDF", "w3"), ("w_down_EFD", "w2")):
-            per_expert = [f"{hf}.experts.{e}.{hf_name}.weight" for e in range(E)]
-            names[f"{ours}.experts.{our_name}"] = (per_expert, stacked_experts)
+        names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], same)
+        names.update(routed_expert_names(ours, hf, E, (("w_gate_EDF", "w1"), ("w_up_EDF", "w3"), ("w_down_EFD", "w2"))))
     return names

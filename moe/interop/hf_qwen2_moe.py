@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from moe.interop.hf_mixtral import stacked_experts
+from moe.interop.hf_mixtral import routed_expert_names, same, swiglu_names
 
 
 def qwen2_moe_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) -> dict[str, Any]:
@@ -48,20 +48,15 @@ def qwen2_moe_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) ->
 
 def qwen2_moe_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[str], Callable[..., torch.Tensor]]]:
     E = model_cfg["num_experts"]
-    same = lambda t: t  # noqa: E731
     names: dict[str, tuple[list[str], Callable[..., torch.Tensor]]] = {}
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}.mlp", f"blocks.{i}.ffn"
         if i not in model_cfg["moe_layers"]:
-            for proj in ("gate", "up", "down"):
-                names[f"{ours}.{proj}.weight"] = ([f"{hf}.{proj}_proj.weight"], same)
+            names.update(swiglu_names(ours, hf))
             continue
         names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], same)
-        for our_name, proj in (("w_gate_EDF", "gate"), ("w_up_EDF", "up"), ("w_down_EFD", "down")):
-            names[f"{ours}.experts.{our_name}"] = ([f"{hf}.experts.{e}.{proj}_proj.weight" for e in range(E)],
-                                                   stacked_experts)
+        names.update(routed_expert_names(ours, hf, E))
         if model_cfg["num_shared_experts"]:
-            for proj in ("gate", "up", "down"):
-                names[f"{ours}.shared_expert.ffn.{proj}.weight"] = ([f"{hf}.shared_expert.{proj}_proj.weight"], same)
+            names.update(swiglu_names(f"{ours}.shared_expert.ffn", f"{hf}.shared_expert"))
             names[f"{ours}.shared_expert.gate.weight"] = ([f"{hf}.shared_expert_gate.weight"], same)
     return names
