@@ -17,8 +17,15 @@ multirun directory (each job's sub-directory is one run, named after its overrid
 
 Runs that differ only in ``trainer.seed`` are seeds of one arm: compare.md then starts with a table
 of each arm's mean ± sample std over its seeds (also OUT/compare_by_arm.csv), and the plot shows each
-arm's mean curve. Writes OUT/compare.md, OUT/compare.csv and OUT/loss_curves.png (train LM loss, and
-val loss at the evaluations).
+arm's mean curve with a band of ± one seed std. Writes OUT/compare.md, OUT/compare.csv and
+OUT/loss_curves.png (train LM loss, and val loss at the evaluations).
+
+``--reference ARM`` (an arm label as printed, e.g. ``balance=switch_aux``) adds paired comparisons:
+for every other arm and every number in ``PAIRED_METRICS``, the mean over seeds of (arm − reference)
+with its 95% Student-t interval (moe/analysis/paired.py), the interval-excluding-zero differences in
+bold and the others marked "(≈0)" (also OUT/compare_paired.csv). Pairing needs every arm to hold
+exactly the reference's seeds (``trainer.seed`` of each run's config.yaml); a reference that is not an
+arm, or an arm with other seeds, is an error before anything is computed.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_and_data import eval_data, load  # noqa: E402
 
 from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise  # noqa: E402
+from moe.analysis.paired import paired_difference  # noqa: E402
+from moe.checkpoint import read_config  # noqa: E402
 from moe.evaluation import eval_indices  # noqa: E402
 
 
@@ -125,22 +134,88 @@ def arm_of(label: str) -> str:
     return ",".join(parts) or label
 
 
-def _mean_curve(runs: list[Path], key: str) -> list[tuple[int, float]]:
-    """(step, mean over the runs) at the steps every run logged ``key``."""
+# the numbers a paired comparison reports (per-domain val losses are added as the runs have them)
+PAIRED_METRICS = ("val_loss", "max_vio_global", "max_vio_batch", "domain_mi", "topk_score_sum")
+
+
+def run_seed(run: Path) -> int:
+    return int(read_config(run / "config.yaml")["trainer"]["seed"])
+
+
+def seeds_by_arm(labels: list[str], seeds: list[int]) -> dict[str, list[int]]:
+    arms: dict[str, list[int]] = {}
+    for label, seed in zip(labels, seeds):
+        arms.setdefault(arm_of(label), []).append(seed)
+    return arms
+
+
+def check_pairing(arms: dict[str, list[int]], reference: str) -> None:
+    """Every arm must hold the reference arm's seeds, each once (a ValueError names what differs)."""
+    if reference not in arms:
+        raise ValueError(f"--reference {reference!r} is not an arm of these runs; arms: {sorted(arms)}")
+    expected = sorted(arms[reference])
+    for arm, seeds in arms.items():
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"arm {arm!r} has seed(s) {sorted(seeds)}: each seed may appear once")
+        if sorted(seeds) != expected:
+            raise ValueError(f"arm {arm!r} has seeds {sorted(seeds)} but the reference {reference!r} has "
+                             f"{expected}: paired comparisons need the same seeds in every arm")
+    if len(expected) < 2:
+        raise ValueError(f"the reference {reference!r} has seeds {expected}: a paired interval needs >= 2")
+
+
+def paired_rows(rows: list[dict], reference: str, *, confidence: float = 0.95) -> list[dict]:
+    """Per arm other than the reference: for each metric, the paired difference (arm − reference)
+    over seeds (rows carry ``run`` labels and ``seed``), as a :class:`PairedDifference`."""
+    by_arm: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        by_arm.setdefault(arm_of(row["run"]), {})[row["seed"]] = row
+    check_pairing({arm: list(members) for arm, members in by_arm.items()}, reference)
+    metrics = [*PAIRED_METRICS, *sorted(k for k in rows[0] if k.startswith("val_loss/"))]
+    table = []
+    for arm, members in by_arm.items():
+        if arm == reference:
+            continue
+        out = {"arm": arm, "seeds": len(members)}
+        for metric in metrics:
+            values = {seed: row.get(metric, math.nan) for seed, row in members.items()}
+            ref = {seed: row.get(metric, math.nan) for seed, row in by_arm[reference].items()}
+            if not any(math.isnan(v) for v in [*values.values(), *ref.values()]):
+                out[metric] = paired_difference(values, ref, confidence=confidence)
+        table.append(out)
+    return table
+
+
+def _paired_cell(diff) -> str:
+    text = f"{diff.mean:+.4g} [{diff.low:+.4g}, {diff.high:+.4g}]"
+    return f"**{text}**" if diff.distinguishable else f"{text} (≈0)"
+
+
+def _mean_curve(runs: list[Path], key: str) -> list[tuple[int, float, float]]:
+    """(step, mean, sample std over the runs) at the steps every run logged ``key``."""
     per_run = [{r["step"]: r[key] for r in read_records(run) if key in r} for run in runs]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
-    return [(step, statistics.fmean(p[step] for p in per_run)) for step in steps]
+    return [(step, statistics.fmean(values := [p[step] for p in per_run]),
+             statistics.stdev(values) if len(values) > 1 else 0.0) for step in steps]
+
+
+def _plot_band(ax, curve: list[tuple[int, float, float]], label: str, **style) -> None:
+    steps, means, stds = zip(*curve)
+    (line,) = ax.plot(steps, means, label=label, linewidth=1, **style)
+    if any(stds):
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def plot_curves(arms: dict[str, list[Path]], out: Path) -> None:
-    """Train and val loss per arm (the mean over its seeds)."""
+    """Train and val loss per arm: the mean over its seeds, in a band of ± one seed std."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
     for arm, runs in arms.items():
-        label = arm if len(runs) == 1 else f"{arm} (mean of {len(runs)})"
+        label = arm if len(runs) == 1 else f"{arm} (mean ± std of {len(runs)} seeds)"
         if train := _mean_curve(runs, "lm_loss"):
-            ax_train.plot(*zip(*train), label=label, linewidth=1)
+            _plot_band(ax_train, train, label)
         if val := _mean_curve(runs, "val/loss"):
-            ax_val.plot(*zip(*val), marker="o", label=label, linewidth=1)
+            _plot_band(ax_val, val, label, marker="o")
     ax_train.set(xlabel="optimizer step", ylabel="train LM loss (nats/token)", title="training")
     ax_val.set(xlabel="optimizer step", ylabel="val loss (nats/token)", title="validation")
     for ax in (ax_train, ax_val):
@@ -161,7 +236,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         out = {"arm": arm, "seeds": len(members)}
         for key in members[0]:
             values = [m[key] for m in members if isinstance(m.get(key), (int, float))]
-            if key in ("run", "steps") or len(values) != len(members):
+            if key in ("run", "steps", "seed") or len(values) != len(members):
                 continue
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -189,12 +264,16 @@ def _write_csv(path: Path, rows: list[dict]) -> list[str]:
     return columns
 
 
-def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequences_per_domain: int = 32) -> list[dict]:
+def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequences_per_domain: int = 32,
+            reference: str | None = None) -> list[dict]:
     """Write the tables and the plot (see the module docstring); returns the per-run rows."""
     runs = find_runs(paths)
+    labels, seeds = short_labels([run.name for run in runs]), [run_seed(run) for run in runs]
+    if reference is not None:  # a pairing error surfaces before the (slow) routing of every run
+        check_pairing(seeds_by_arm(labels, seeds), reference)
     rows = [run_row(run, routing=routing, sequences_per_domain=sequences_per_domain) for run in runs]
-    for row, label in zip(rows, short_labels([run.name for run in runs])):
-        row["run"] = label
+    for row, label, seed in zip(rows, labels, seeds):
+        row["run"], row["seed"] = label, seed
     out.mkdir(parents=True, exist_ok=True)
     columns = _write_csv(out / "compare.csv", rows)
     arms: dict[str, list[Path]] = {}
@@ -205,11 +284,23 @@ def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequenc
     if any(len(members) > 1 for members in arms.values()):  # seeds: the arm table first, as mean ± std
         by_arm = aggregate(rows)
         _write_csv(out / "compare_by_arm.csv", by_arm)
-        shown = [c for c in columns if c not in ("run", "steps") and c in by_arm[0]]
+        shown = [c for c in columns if c not in ("run", "steps", "seed") and c in by_arm[0]]
         cells = [{"arm": a["arm"], "seeds": a["seeds"],
                   **{c: f"{_fmt(a[c])} ± {_fmt(a[c + '_std'])}" for c in shown}} for a in by_arm]
         lines += ["Mean ± sample std over the seeds of each arm:", "", *_markdown(cells, ["arm", "seeds", *shown]),
                   "", "Every run:", ""]
+    if reference is not None:
+        paired = paired_rows(rows, reference)
+        metrics = [c for c in columns if any(c in p for p in paired)]
+        _write_csv(out / "compare_paired.csv", [
+            {"arm": p["arm"], "reference": reference, "seeds": p["seeds"],
+             **{f"{m}{part}": getattr(p[m], attr) for m in metrics if m in p
+                for part, attr in (("_diff", "mean"), ("_low", "low"), ("_high", "high"))}} for p in paired])
+        cells = [{"arm": p["arm"], "seeds": p["seeds"], **{m: _paired_cell(p[m]) for m in metrics if m in p}}
+                 for p in paired]
+        lines = [f"Paired difference arm − `{reference}` over seeds, mean [95% t interval]; **bold**: the "
+                 "interval excludes 0, (≈0): not distinguishable from 0:", "",
+                 *_markdown(cells, ["arm", "seeds", *metrics]), "", *lines]
     lines += _markdown(rows, columns)
     (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
     return rows
@@ -221,9 +312,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-routing", action="store_true", help="skip the specialisation columns")
     parser.add_argument("--sequences-per-domain", type=int, default=32)
+    parser.add_argument("--reference", metavar="ARM", help="report every arm's paired difference to this arm")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    rows = compare(args.paths, args.out, routing=not args.no_routing, sequences_per_domain=args.sequences_per_domain)
+    try:
+        rows = compare(args.paths, args.out, routing=not args.no_routing,
+                       sequences_per_domain=args.sequences_per_domain, reference=args.reference)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"compare.py: error: {err}")
     print((args.out / "compare.md").read_text())
     return rows
 

@@ -80,6 +80,9 @@ def _check_router(router: nn.Module, i: int) -> None:
     if router.jitter_eps:
         raise ValueError(f"block {i}: router.jitter_eps={router.jitter_eps} has no HF equivalent (Mixtral's "
                          f"router_jitter_noise also scales the experts' input); set router.jitter_eps=0")
+    if router.routed_scaling_factor != 1.0:
+        raise ValueError(f"block {i}: router.routed_scaling_factor={router.routed_scaling_factor} has no HF "
+                         f"equivalent in the softmax top-k MoEs (only deepseek_v3's sigmoid router has one)")
     if torch.any(router.selection_bias_E != 0):
         raise ValueError(f"block {i}: the router's selection_bias_E is non-zero (aux_free balancing); HF softmax "
                          f"routers have no selection bias, so the exported model would route differently (only "

@@ -8,6 +8,10 @@ For each token t with router logits z_t = W_r x_t (computed in float32 whatever 
 - ``order="topk_then_softmax"``: select the k largest logits and take the softmax over those k only
   (Mixtral; equal to renormalising the top-k probabilities). The weights of a token sum to 1.
 
+Either way the weights are then multiplied by ``routed_scaling_factor`` (1 by default; DeepSeek-V3's
+name). With renormalised gates the k chosen experts' outputs *average* to the FFN output, half the
+size of a dense FFN of width k·expert_d_ff whose hidden units *sum*; a factor k makes the two match.
+
 Either way ``probs_TE`` = softmax(z_t) over all experts is what balance losses see. Selection uses
 p_t + b (``selection_bias_E``, zero unless the ``aux_free`` balancer moves it); weights never see b.
 
@@ -35,13 +39,17 @@ class TopKRouter(Router):
         order: str = "softmax_then_topk",
         jitter_eps: float = 0.0,
         init_std: float = 0.02,
+        routed_scaling_factor: float = 1.0,
     ):
         super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
         if order not in ORDERS:
             raise ValueError(f"router.order={order!r} is not one of {ORDERS}")
         if not 0.0 <= jitter_eps < 1.0:
             raise ValueError(f"router.jitter_eps={jitter_eps} must lie in [0, 1)")
+        if not routed_scaling_factor > 0:
+            raise ValueError(f"router.routed_scaling_factor={routed_scaling_factor} must be > 0")
         self.order, self.jitter_eps = order, jitter_eps
+        self.routed_scaling_factor = float(routed_scaling_factor)
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
         logits_TE = self.linear_logits(x_TD, noise_eps=self.jitter_eps)
@@ -51,7 +59,9 @@ class TopKRouter(Router):
             weights_TK = probs_TE.gather(1, expert_ids_TK)
         else:
             weights_TK = logits_TE.gather(1, expert_ids_TK).softmax(dim=-1)
+        if self.routed_scaling_factor != 1.0:
+            weights_TK = weights_TK * self.routed_scaling_factor
         return self.token_choice(expert_ids_TK, weights_TK, logits_TE, probs_TE)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, order={self.order}, jitter_eps={self.jitter_eps}"
+        return f"{super().extra_repr()}, order={self.order}, jitter_eps={self.jitter_eps}, routed_scaling_factor={self.routed_scaling_factor}"

@@ -17,16 +17,23 @@ def sweep(tmp_path_factory, data_cache):
     from moe.training import run
 
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    for name, balance in (("1_balance=none", "none"), ("0_balance=switch_aux", "switch_aux")):
-        run(compose("experiment=smoke", f"balance={balance}", "trainer.max_steps=6", "trainer.log_every=2",
-                    "trainer.eval_every=3", "logger=none", "trainer.progress=false", f"data.cache_dir={data_cache}",
-                    run_dir=sweep_dir / name))
+    jobs = [(balance, seed) for balance in ("switch_aux", "none") for seed in (0, 1)]
+    for number, (balance, seed) in reversed(list(enumerate(jobs))):
+        run(compose("experiment=smoke", f"balance={balance}", f"trainer.seed={seed}", "trainer.max_steps=6",
+                    "trainer.log_every=2", "trainer.eval_every=3", "logger=none", "trainer.progress=false",
+                    f"data.cache_dir={data_cache}",
+                    run_dir=sweep_dir / f"{number}_balance={balance},trainer.seed={seed}"))
     return sweep_dir
+
+
+RUNS = ["0_balance=switch_aux,trainer.seed=0", "1_balance=switch_aux,trainer.seed=1",
+        "2_balance=none,trainer.seed=0", "3_balance=none,trainer.seed=1"]
 
 
 def test_compare_tabulates_every_run_of_a_sweep(sweep, tmp_path):
     rows = compare([sweep], tmp_path / "out", sequences_per_domain=2)
-    assert [row["run"] for row in rows] == ["0_balance=switch_aux", "1_balance=none"]  # Hydra's job order
+    assert [row["run"] for row in rows] == RUNS  # Hydra's job order
+    assert [row["seed"] for row in rows] == [0, 1, 0, 1]
     for row in rows:
         summary = json.loads((sweep / row["run"] / "summary.json").read_text())
         assert row["val_loss"] == summary["val_loss"] and row["val_ppl"] == pytest.approx(math.exp(row["val_loss"]))
@@ -36,9 +43,44 @@ def test_compare_tabulates_every_run_of_a_sweep(sweep, tmp_path):
         assert 0.0 <= row["domain_mi"] <= math.log(2) and row["max_vio_global"] >= 0.0
         assert 2 / 8 - 1e-6 <= row["topk_score_sum"] <= 1.0  # between a uniform (k/E) and a one-hot router
     with open(tmp_path / "out" / "compare.csv") as f:
-        assert [r["run"] for r in csv.DictReader(f)] == ["0_balance=switch_aux", "1_balance=none"]
+        assert [r["run"] for r in csv.DictReader(f)] == RUNS
     assert (tmp_path / "out" / "loss_curves.png").stat().st_size > 0
-    assert "| 1_balance=none |" in (tmp_path / "out" / "compare.md").read_text()
+    assert f"| {RUNS[3]} |" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_paired_differences_against_a_reference_arm(sweep, tmp_path):
+    rows = compare([sweep], tmp_path / "out", sequences_per_domain=2, reference="balance=none")
+    loss = {row["run"]: row["val_loss"] for row in rows}
+    diffs = [loss[RUNS[0]] - loss[RUNS[2]], loss[RUNS[1]] - loss[RUNS[3]]]  # switch_aux − none, seed by seed
+    half = 12.7062 * abs(diffs[0] - diffs[1]) / 2 ** 0.5 / 2 ** 0.5  # t(1) · sample std / √2
+    with open(tmp_path / "out" / "compare_paired.csv") as f:
+        (paired,) = list(csv.DictReader(f))
+    assert paired["arm"] == "balance=switch_aux" and paired["reference"] == "balance=none"
+    assert float(paired["val_loss_diff"]) == pytest.approx(sum(diffs) / 2)
+    assert float(paired["val_loss_low"]) == pytest.approx(sum(diffs) / 2 - half, rel=1e-4)
+    assert float(paired["val_loss_high"]) == pytest.approx(sum(diffs) / 2 + half, rel=1e-4)
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert text.startswith("Paired difference arm − `balance=none`") and "| balance=switch_aux | 2 |" in text
+
+
+def test_a_reference_that_is_not_an_arm_fails_in_one_line(sweep, tmp_path, capsys):
+    from compare import main
+
+    with pytest.raises(SystemExit, match=r"--reference 'balance=global_aux' is not an arm of these runs; "
+                                         r"arms: \['balance=none', 'balance=switch_aux'\]"):
+        main([str(sweep), "--out", str(tmp_path / "out"), "--reference", "balance=global_aux"])
+    assert not (tmp_path / "out").exists()  # refused before anything was computed or written
+
+
+def test_arms_with_different_seeds_cannot_be_paired(sweep, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    for name in RUNS[:3]:  # balance=none lost its seed 1
+        shutil.copytree(sweep / name, partial / name)
+    with pytest.raises(ValueError, match=r"arm 'balance=none' has seeds \[0\] but the reference "
+                                         r"'balance=switch_aux' has \[0, 1\]"):
+        compare([partial], tmp_path / "out", reference="balance=switch_aux")
 
 
 def test_compare_names_a_path_that_holds_no_runs(tmp_path):

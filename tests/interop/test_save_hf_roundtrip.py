@@ -248,6 +248,8 @@ def test_run_directory_source_and_cli(tmp_path, capsys):
     ({**DEEPSEEK, "shared_expert_gate": True}, "a gated shared expert"),
     ({**MOE, "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "jitter_eps": 0.01}},
      "jitter_eps=0.01 has no HF equivalent"),
+    ({**MOE, "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "routed_scaling_factor": 2.0}},
+     "routed_scaling_factor=2.0 has no HF equivalent"),
     ({**MOE, "capacity_factor": 1.25}, "HF MoEs are dropless"),
     ({**MOE, "num_shared_experts": 1}, "ungated shared expert"),
     ({"norm": "layernorm"}, "no Hugging Face architecture represents this model.*model.norm='layernorm'"),

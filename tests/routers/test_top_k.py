@@ -32,6 +32,19 @@ def test_topk_then_softmax_renormalises_over_the_chosen_experts():
     assert torch.allclose(weights_TK, top_probs_TK / top_probs_TK.sum(-1, keepdim=True), atol=1e-6)
 
 
+@pytest.mark.parametrize("order", ["softmax_then_topk", "topk_then_softmax"])
+def test_routed_scaling_factor_multiplies_the_weights_and_nothing_else(order):
+    plain = TopKRouter(d_model=8, num_experts=6, top_k=2, order=order)
+    scaled = TopKRouter(d_model=8, num_experts=6, top_k=2, order=order, routed_scaling_factor=2.0)
+    scaled.load_state_dict(plain.state_dict())
+    x_TD = torch.randn(10, 8)
+    a, b = plain(x_TD), scaled(x_TD)
+    assert torch.equal(a.expert_ids_N, b.expert_ids_N) and torch.equal(a.probs_TE, b.probs_TE)
+    assert torch.allclose(b.weights_N, 2.0 * a.weights_N)
+    with pytest.raises(ValueError, match="router.routed_scaling_factor=0.0 must be > 0"):
+        TopKRouter(d_model=8, num_experts=6, routed_scaling_factor=0.0)
+
+
 def test_jitter_only_while_training_and_within_its_band():
     router = TopKRouter(d_model=8, num_experts=4, top_k=1, jitter_eps=0.1)
     x_TD = torch.randn(32, 8)
