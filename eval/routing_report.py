@@ -10,7 +10,8 @@ run, or any data override as in train.py) and reports per MoE layer:
 - load per expert, as a layers × experts heatmap of load / fair share (1 = balanced), and MaxVio
   over the whole set (MaxVio_global of Wang et al. 2408.15664);
 - the domain × expert selection frequency p(expert | domain) and the mutual information
-  I(domain; expert) (Qiu et al. 2501.11873);
+  I(domain; expert) (Qiu et al. 2501.11873), against its ceiling H(domain) of the routed tokens
+  (log D for D domains of equal size: every domain on experts of its own);
 - TopK score sum and router entropy;
 - the co-activation matrix P(j selected | i selected);
 - token-id specialisation (OpenMoE 2402.01739): how deterministic the experts are given the token id;
@@ -135,7 +136,10 @@ def routing_report(path: str, out: Path, overrides: list[str] | None = None, *, 
                   out / plots["Domain × expert selection frequency"])
     plot_matrices(summaries, "coactivation_EE", "co-activation", None,
                   out / plots["Co-activation P(column selected | row selected)"], vmax=1.0)
+    share_D = torch.bincount(domain_ids, minlength=len(data.domains)).double() / len(domain_ids)
+    ceiling = float(-(share_D[share_D > 0] * share_D[share_D > 0].log()).sum())
     header = {"tokens routed": len(inputs) * inputs.shape[1], "domains": ", ".join(data.domains),
+              "I(domain; expert) ceiling H(domain)": round(ceiling, 6),
               "sequences per domain": sequences_per_domain, "saturation against": str(earlier) if earlier else "n/a"}
     (out / "report.md").write_text(to_markdown(path, header, summaries, plots))
     report = {"model": str(path), **header, "layers": {

@@ -134,3 +134,53 @@ def test_unigram_entropy_matches_a_direct_count(bundle):
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_embedded(**{**SMALL, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    return build_embedded(cache_dir=str(tmp_path_factory.mktemp("cache4")), domains=list(embedded.ALL_DOMAINS),
+                          **SMALL)
+
+
+def test_four_domains_are_each_capped_and_validated(four):
+    assert four.domains == ("code", "prose", "arithmetic", "markup")
+    for split in (four.train, four.val):
+        assert set(split.domain_ids.tolist()) == {0, 1, 2, 3}
+    for domain in four.domains:
+        assert sum(four.stats["bytes"][side][domain] for side in ("train", "val")) == SMALL["max_bytes_per_domain"]
+
+
+def test_arithmetic_lines_are_correct_equations(four):
+    from moe.data.extra_domains import arithmetic_documents
+
+    text = four.tokenizer.decode(four.train.input_ids[four.train.domain_ids == 2].flatten().tolist())
+    assert set(text) <= set("0123456789+-*= \n")  # the packed domain holds equations only
+    lines = [line for _, doc in arithmetic_documents(20_000) for line in doc.splitlines()]
+    assert len(lines) > 1000
+    for line in lines:
+        left, right = line.split(" = ")
+        a, op, b = left.split(" ")
+        assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(right), line
+
+
+def test_markup_is_well_formed_xml_outline_of_the_module():
+    import ast
+    import xml.etree.ElementTree as ET
+
+    from moe.data.extra_domains import markup_document
+
+    source = "'''Module.\n\nMore.'''\nclass A(B):\n    def f(self, x=1):\n        '''Do <f>.'''\nif X:\n    def g(): pass\n"
+    root = ET.fromstring(markup_document("pkg/m.py", ast.parse(source)))
+    assert root.tag == "module" and root.get("path") == "pkg/m.py" and root.find("summary").text == "Module."
+    cls = root.find("class")
+    assert (cls.get("name"), cls.get("bases"), cls.get("line")) == ("A", "B", "4")
+    method = cls.find("function")
+    assert (method.get("name"), method.get("args"), method.find("summary").text) == ("f", "self, x=1", "Do <f>.")
+    assert root.find("function").get("name") == "g"  # defined inside an if block
+    for doc in embedded.collect_documents()["markup"][:200]:
+        ET.fromstring(doc.text)  # every outline parses
+
+
+def test_unknown_domain_is_named():
+    with pytest.raises(ValueError, match=r"data.domains=\['code', 'poetry'\] must be distinct names from"):
+        build_embedded(**SMALL, domains=["code", "poetry"])

@@ -20,6 +20,8 @@ def test_report_writes_plots_markdown_and_json(tiny_run, tmp_path):
     assert "![Load per expert](load_heatmap.png)" in markdown and "| 1 |" in markdown
     assert report["saturation against"] == str(list_checkpoints(run_dir)[0])  # the run's first checkpoint
     assert sorted(report["layers"]) == ["0", "1"]
+    assert report["I(domain; expert) ceiling H(domain)"] == pytest.approx(math.log(2))  # 4 sequences of each of 2
+    assert "- I(domain; expert) ceiling H(domain): 0.693147" in markdown
     for layer in report["layers"].values():
         assert sum(layer["load_share"]) == pytest.approx(1.0)
         assert all(sum(row) == pytest.approx(1.0) for row in layer["domain_freq"])
