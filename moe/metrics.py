@@ -17,6 +17,7 @@ From one forward's scores (``routing_stats``, averaged over micro-steps by the c
 - TopK score sum: mean_t Σ_{i ∈ top-k(p_t)} p_t,i (Qiu et al. 2501.11873 §specialisation; k/E for a
   uniform router, 1 for a fully confident one).
 - drop rate: dropped / (dispatched + dropped) assignments; unrouted: share of tokens with no expert.
+- experts per token: dispatched assignments / T (k for dropless top-k; it varies under ReLU routing).
 """
 
 from __future__ import annotations
@@ -64,4 +65,5 @@ def routing_stats(routing: Routing) -> dict[str, float]:
         "topk_score_sum": float(top_TK[:, :k].sum(-1).mean()),
         "drop_rate": dropped / max(1, dispatched + dropped),
         "unrouted_tokens": 1.0 - float(routed_T.float().mean()),
+        "experts_per_token": dispatched / T,
     }

@@ -37,3 +37,4 @@ def test_routing_stats_on_a_hand_made_routing():
     assert stats["topk_score_sum"] == pytest.approx((0.9 + 0.5 + 0.8) / 3, rel=1e-6)
     assert stats["drop_rate"] == pytest.approx(1 / 4)
     assert stats["unrouted_tokens"] == pytest.approx(1 / 3)
+    assert stats["experts_per_token"] == pytest.approx(3 / 3)  # 3 assignments dispatched over 3 tokens
