@@ -3,6 +3,12 @@
 lr(s) = lr · s / warmup                                              for s < warmup
 lr(s) = lr · (r + (1 − r) · ½ (1 + cos(π · (s − warmup) / (max_steps − warmup))))   afterwards,
 with r = ``min_lr_ratio``; s counts optimizer steps (not micro-steps).
+
+``router_lr_scale`` multiplies the learning rate of every MoE layer's router (its parameter group
+follows the same schedule). Adam moves each weight by about lr per step whatever the gradient's
+size, so a router whose gradient points one way for a few steps — early in training, when experts
+still add noise and the LM loss asks for smaller gates — turns ReLU gates off for good (ReMoE); a
+smaller router LR slows that race.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from moe.layer import MoELayer
+
 
 def build_optimizer(
     model: nn.Module,
@@ -20,14 +28,24 @@ def build_optimizer(
     weight_decay: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
+    router_lr_scale: float = 1.0,
 ) -> torch.optim.AdamW:
     if lr <= 0:
         raise ValueError(f"optim.lr={lr} must be > 0")
+    if router_lr_scale <= 0:
+        raise ValueError(f"optim.router_lr_scale={router_lr_scale} must be > 0")
+    router_ids = {id(p) for m in model.modules() if isinstance(m, MoELayer) for p in m.router.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    routers = [p for p in trainable if id(p) in router_ids]
+    others = [p for p in trainable if id(p) not in router_ids]
     # norms and other vectors are not decayed (decay would pull RMSNorm gains towards 0)
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0}]
+    if routers:
+        groups += [{"params": [p for p in routers if p.dim() >= 2], "weight_decay": weight_decay,
+                    "lr": lr * router_lr_scale},
+                   {"params": [p for p in routers if p.dim() < 2], "weight_decay": 0.0, "lr": lr * router_lr_scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
 
 
 def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):

@@ -79,9 +79,11 @@ class OptimConfig:
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    router_lr_scale: float = 1.0
 
     def __post_init__(self):
         _require(self.lr > 0, f"optim.lr={self.lr} must be > 0")
+        _require(self.router_lr_scale > 0, f"optim.router_lr_scale={self.router_lr_scale} must be > 0")
         _require(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")

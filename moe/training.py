@@ -183,7 +183,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         for layer in model.moe_layers:
             layer.compile()  # in place: parameter names and checkpoints are unchanged
     optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
-                                eps=optim.eps)
+                                eps=optim.eps, router_lr_scale=optim.router_lr_scale)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.cpu,
                               gradient_accumulation_steps=trainer.grad_accum_steps)

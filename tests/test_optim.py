@@ -1,0 +1,48 @@
+"""The optimizer's parameter groups and the LR schedule, against direct computations."""
+
+import math
+
+import pytest
+import torch
+
+from moe.optim import build_optimizer, warmup_cosine
+
+
+def _model():
+    from conftest import compose
+
+    from moe.models.build import build_model
+
+    config = compose("experiment=smoke", "logger=none")
+    return build_model(config)
+
+
+def test_router_lr_scale_gives_every_router_parameter_its_own_lr():
+    model = _model()
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, router_lr_scale=0.25)
+    router_params = {id(p) for name, p in model.named_parameters() if ".router." in name}
+    assert router_params
+    seen = 0
+    for group in optimizer.param_groups:
+        in_router = {id(p) in router_params for p in group["params"]}
+        assert len(in_router) == 1  # a group holds routers only or no router at all
+        assert group["lr"] == (2.5e-4 if in_router == {True} else 1e-3)
+        assert group["weight_decay"] == (0.1 if group["params"][0].dim() >= 2 else 0.0)
+        seen += len(group["params"])
+    assert seen == len(list(model.parameters()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps=4, max_steps=10))
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-3 / 4, 2.5e-4 / 4}  # the schedule scales both
+    scheduler.step()
+    assert {round(g["lr"], 12) for g in optimizer.param_groups} == {2.5e-4 / 2, 1e-3 / 2}
+
+
+def test_cosine_schedule_values():
+    multiplier = warmup_cosine(warmup_steps=2, max_steps=12, min_lr_ratio=0.1)
+    assert [multiplier(s) for s in (0, 1)] == [0.5, 1.0]
+    assert multiplier(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert multiplier(12) == pytest.approx(0.1) and multiplier(50) == pytest.approx(0.1)
+
+
+def test_bad_router_lr_scale_is_named():
+    with pytest.raises(ValueError, match="optim.router_lr_scale=0 must be > 0"):
+        build_optimizer(torch.nn.Linear(2, 2), lr=1e-3, router_lr_scale=0)
