@@ -26,9 +26,11 @@ Which ``model_type`` (``arch``; the first that fits in this order when not force
     MoE TopKRouter, qk_norm full, every block MoE,         olmoe           norm_topk_prob as above
       no shared expert
     MoE TopKRouter, no qk_norm (any order, dense blocks,   qwen2_moe       zero q/k/v biases when the model
-      q/k/v biases, one gated shared expert)                                has none; no shared expert = a
+      q/k/v biases, one shared expert)                                      has none; no shared expert = a
                                                                             zero shared expert of width 1
-                                                                            (output exactly 0)
+                                                                            (output exactly 0); ungated:
+                                                                            gate weight 0 (σ = 1/2 exactly)
+                                                                            and down_proj × 2
     model.attention=mla and/or SigmoidRouter               deepseek_v3     see below (the only
                                                                             candidate for such a model)
 
@@ -62,8 +64,7 @@ Refused (ValueError, naming the option and what would export): routers other tha
 SigmoidRouter (e.g. expert_choice, hash, sinkhorn: HF MoEs are softmax or sigmoid token choice), a
 non-zero ``selection_bias_E`` on a TopKRouter (the aux_free balancer's; HF softmax routers have no
 bias), ``capacity_factor`` / ``eval_capacity_factor`` (HF is dropless), router jitter (Mixtral's
-jitter also scales the experts' input, ours only the router's), an ungated shared expert on a softmax
-router (DeepSeek's, exportable only as deepseek_v3 with router=sigmoid and model.attention=mla), a
+jitter also scales the experts' input, ours only the router's), a
 bias on ``o_proj`` outside gpt2, mixed norm/position/MLP combinations, and per-layer differences HF
 cannot express.
 
@@ -141,9 +142,6 @@ def arch_problems(arch: str, f: ModelFacts) -> list[str]:
                         f"topk_then_softmax)")
     if f.shared_d_ff and arch != "qwen2_moe":
         problems.append(f"a shared expert ({arch} has none; qwen2_moe has one, gated)")
-    if arch == "qwen2_moe" and f.shared_d_ff and not f.shared_gate:
-        problems.append("an ungated shared expert (qwen2_moe scales it by sigmoid(w·x); ungated shared experts "
-                        "are DeepSeek's: deepseek_v3, which needs router=sigmoid and model.attention=mla)")
     return problems
 
 
@@ -340,10 +338,17 @@ def _moe_tensors(arch: str, layer: MoELayer, prefix: str, f: ModelFacts) -> dict
                       f"{prefix}.shared_expert.up_proj.weight": torch.zeros(1, D),
                       f"{prefix}.shared_expert.down_proj.weight": torch.zeros(D, 1),
                       f"{prefix}.shared_expert_gate.weight": torch.zeros(1, D)})
-        else:
+        elif shared.gate is not None:
             for proj in ("gate", "up", "down"):
                 t[f"{prefix}.shared_expert.{proj}_proj.weight"] = getattr(shared.ffn, proj).weight
             t[f"{prefix}.shared_expert_gate.weight"] = shared.gate.weight
+        else:
+            # an ungated shared expert: a zero gate weight gives sigmoid(0) = 1/2 exactly, and a doubled
+            # down-projection undoes it exactly (scaling by a power of two rounds nothing)
+            t[f"{prefix}.shared_expert.gate_proj.weight"] = shared.ffn.gate.weight
+            t[f"{prefix}.shared_expert.up_proj.weight"] = shared.ffn.up.weight
+            t[f"{prefix}.shared_expert.down_proj.weight"] = 2.0 * shared.ffn.down.weight
+            t[f"{prefix}.shared_expert_gate.weight"] = torch.zeros(1, f.d_model)
     return t
 
 

@@ -89,6 +89,8 @@ CASES = {  # name: (model/router options, the HF model_type save_hf should pick)
                                       "shared_expert_d_ff": 48, "shared_expert_gate": True, "moe_layers": [1],
                                       "order": "softmax_then_topk"}, "qwen2_moe"),
     "qwen2_moe_plain_softmax_then_topk": ({**MOE, "order": "softmax_then_topk"}, "qwen2_moe"),
+    # DeepSeekMoE-style ungated shared expert: a zero gate (σ = 1/2) and a doubled down-projection
+    "qwen2_moe_ungated_shared": ({**MOE, "num_shared_experts": 1, "shared_expert_d_ff": 48}, "qwen2_moe"),
     "qwen3_moe": ({**MOE, "qk_norm": True, "moe_layers": [1], "order": "softmax_then_topk"}, "qwen3_moe"),
     "olmoe": ({**MOE, "qk_norm": True, "qk_norm_scope": "full", "n_layers": 2}, "olmoe"),
     "deepseek_v3": (DEEPSEEK, "deepseek_v3"),
@@ -251,7 +253,6 @@ def test_run_directory_source_and_cli(tmp_path, capsys):
     ({**MOE, "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "routed_scaling_factor": 2.0}},
      "routed_scaling_factor=2.0 has no HF equivalent"),
     ({**MOE, "capacity_factor": 1.25}, "HF MoEs are dropless"),
-    ({**MOE, "num_shared_experts": 1}, "ungated shared expert"),
     ({"norm": "layernorm"}, "no Hugging Face architecture represents this model.*model.norm='layernorm'"),
 ])
 @pytest.mark.filterwarnings("ignore:ExpertChoiceRouter ranks all tokens")
