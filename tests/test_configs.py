@@ -70,7 +70,7 @@ def test_unknown_key_is_rejected(smoke):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("router.top_k=9", "top_k=9 > num_experts=8"),
+        ("router.top_k=17", "top_k=17 > num_experts=16"),
         ("model.n_heads=5", "d_model=64 is not divisible by model.n_heads=5"),
         ("router.order=sideways", "router.order='sideways' is not one of"),
         ("model.moe_layers=[7]", "outside"),

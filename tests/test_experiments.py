@@ -41,6 +41,8 @@ def test_every_arm_trains(experiment, tmp_path, data_cache):
                          run_dir=tmp_path / str(i))
         summary = run(config)
         assert summary["step"] == 2 and summary["val_loss"] < 6.0, arm
-        if experiment == "compare_routers":  # matched active parameters: 2 experts of 384, or 1 of 768
+        if experiment == "compare_routers":  # matched active parameters: the shared 384 + 2 × 192 (or 1 × 384)
             k = config["router"].get("top_k") or config["router"].get("capacity_factor") or 1
-            assert k * config["model"]["expert_d_ff"] == 768, arm
+            model = config["model"]
+            shared = model["num_shared_experts"] * model["shared_expert_d_ff"]
+            assert shared + k * model["expert_d_ff"] == 768, arm

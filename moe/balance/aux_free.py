@@ -15,6 +15,13 @@ is accepted for interface uniformity and unused — it must be 0). It moves b on
 
    and, if ``recenter``, b ← b − mean(b) (selection is invariant to a shared shift of b); then c = 0.
 
+``target="top_k"`` replaces the mean load by the load of a router that gives every token exactly k
+experts, k·T/E (T = tokens of the global batch, k = ``routing.top_k``): e_i = k·T/E − c̄_i. For a
+top-k router the two targets coincide (the counts sum to k·T); for ReLU routing (ReMoE), where the
+number of experts per token is free, only this target also holds the *total* load at k per token —
+when every gate of a layer has switched off, mean(c̄) = 0 and the mean target would leave it dead,
+while k·T/E raises every b_i until the gates come back (moe/routers/relu.py adds b inside its ReLU).
+
 The proportional rule is normalised by the mean load, so e_i/mean(c̄) = −(relative load violation
 of expert i) is dimensionless and u means the same thing whatever the batch size, E or k (Wang et
 al.'s Table 3 use the raw e_i, whose scale grows with the tokens per step). A step with no counts
@@ -40,11 +47,12 @@ from moe.balance.counts import all_reduce_sum, local_counts_E
 from moe.types import BalanceContext, Routing
 
 RULES = ("sign", "proportional")
+TARGETS = ("mean", "top_k")
 
 
 class AuxFreeBalancer(Balancer):
     def __init__(self, *, coeff: float = 0.0, update_rate: float = 1e-3, rule: str = "sign",
-                 recenter: bool = False):
+                 recenter: bool = False, target: str = "mean"):
         if coeff != 0:
             raise ValueError(f"aux_free.coeff={coeff} must be 0: this balancer adds no loss")
         super().__init__(coeff=0.0)
@@ -54,7 +62,10 @@ class AuxFreeBalancer(Balancer):
             raise ValueError(f"aux_free.rule={rule!r} is not one of {RULES}")
         if not isinstance(recenter, bool):
             raise ValueError(f"aux_free.recenter={recenter!r} must be one of (True, False)")
-        self.update_rate, self.rule, self.recenter = float(update_rate), rule, recenter
+        if target not in TARGETS:
+            raise ValueError(f"aux_free.target={target!r} is not one of {TARGETS}")
+        self.update_rate, self.rule, self.recenter, self.target = float(update_rate), rule, recenter, target
+        self.step_tokens, self.step_k = 0.0, 0.0  # tokens of this optimizer step and their target k
         # local counts of the current optimizer step: a plain tensor, not a buffer, because DDP
         # (broadcast_buffers=True) would overwrite every rank's buffers with rank 0's each forward
         self.counts_E = torch.zeros(0, dtype=torch.float64)
@@ -82,17 +93,22 @@ class AuxFreeBalancer(Balancer):
             if self.counts_E.shape != counts_E.shape or self.counts_E.device != counts_E.device:
                 self.counts_E = torch.zeros_like(counts_E)
             self.counts_E += counts_E
+            self.step_tokens += float(routing.num_tokens)
+            self.step_k = float(routing.top_k)
         return None
 
     @torch.no_grad()
     def on_optimizer_step(self) -> None:
         if self._router is None:
             return
-        counts_E = all_reduce_sum(self.counts_E)
-        self.counts_E.zero_()
-        if counts_E.numel() == 0:
+        if self.counts_E.numel() == 0:  # no training forward since the last step (the same on every rank)
             return
-        mean = counts_E.mean()
+        tokens = torch.tensor([self.step_tokens], dtype=self.counts_E.dtype, device=self.counts_E.device)
+        summed = all_reduce_sum(torch.cat([self.counts_E, tokens]))  # one collective for both
+        counts_E, tokens = summed[:-1], float(summed[-1])
+        self.counts_E.zero_()
+        self.step_tokens = 0.0
+        mean = counts_E.mean() if self.target == "mean" else self.step_k * tokens / counts_E.numel()
         if mean <= 0:
             return
         error_E = mean - counts_E
@@ -104,4 +120,4 @@ class AuxFreeBalancer(Balancer):
         bias_E.copy_(new_bias_E.to(bias_E.dtype))
 
     def extra_repr(self) -> str:
-        return f"update_rate={self.update_rate}, rule={self.rule}, recenter={self.recenter}"
+        return f"update_rate={self.update_rate}, rule={self.rule}, recenter={self.recenter}, target={self.target}"

@@ -127,6 +127,53 @@ def test_proportional_rule_and_recenter():
     assert abs(router.selection_bias_E.mean().item()) < 1e-7
 
 
+def test_top_k_target_raises_every_offset_of_a_layer_whose_gates_died():
+    from moe.routers import ReLURouter
+
+    router = ReLURouter(d_model=4, num_experts=4, top_k=2)
+    balancer = AuxFreeBalancer(update_rate=0.1, target="top_k").train()
+    balancer.attach(router)
+    # 8 tokens with one assignment each, target k·T/E = 2·8/4 = 4 per expert: loads [4, 4, 0, 0] → e = [0, 0, 4, 4]
+    # (the mean target, 2, would lower experts 0 and 1: it balances, but lets the layer go sparser)
+    routing = routing_with_counts([4, 4, 0, 0])
+    routing.top_k = 2.0
+    balancer.loss(routing, CTX)
+    balancer.on_optimizer_step()
+    assert torch.allclose(router.selection_bias_E, torch.tensor([0.0, 0.0, 0.1, 0.1]))
+    balancer.loss(  # 4 tokens, every gate off: all offsets rise
+        Routing(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                torch.zeros(4, 4), torch.full((4, 4), 0.25), torch.zeros(4, dtype=torch.long), 0, 2.0), CTX)
+    balancer.on_optimizer_step()
+    assert torch.allclose(router.selection_bias_E, torch.tensor([0.1, 0.1, 0.2, 0.2]))
+    dead, router = attached(update_rate=0.1)
+    dead.loss(routing_with_counts([0, 0, 0, 0]), CTX)  # every gate off: the mean target has nothing to do
+    dead.on_optimizer_step()
+    assert router.selection_bias_E.abs().sum() == 0
+
+
+def test_relu_layer_revives_under_the_top_k_target():
+    """A ReLU router whose every logit is negative routes nothing; the top_k target brings it back to
+    about k experts per token within a few updates."""
+    from moe.routers import ReLURouter
+
+    torch.manual_seed(0)
+    router = ReLURouter(d_model=D, num_experts=E, top_k=K)
+    with torch.no_grad():
+        router.weight_ED.normal_(std=0.1)
+    x_TD = inputs()
+    logits_TE = router.linear_logits(x_TD)
+    with torch.no_grad():
+        router.selection_bias_E.fill_(-float(logits_TE.max()) - 0.1)  # every gate off
+    assert router(x_TD).expert_ids_N.numel() == 0
+    balancer = AuxFreeBalancer(update_rate=0.05, target="top_k").train()
+    balancer.attach(router)
+    for _ in range(60):
+        balancer.loss(router(x_TD), CTX)
+        balancer.on_optimizer_step()
+    per_token = router(x_TD).expert_ids_N.numel() / T
+    assert 0.5 * K <= per_token <= 1.5 * K
+
+
 def test_eval_forwards_do_not_count():
     balancer, router = attached(update_rate=0.1)
     balancer.eval()
@@ -144,6 +191,8 @@ def test_validation_and_attach_errors():
         AuxFreeBalancer(coeff=0.01)
     with pytest.raises(ValueError, match="recenter"):
         AuxFreeBalancer(recenter="yes")
+    with pytest.raises(ValueError, match=r"aux_free.target='all' is not one of \('mean', 'top_k'\)"):
+        AuxFreeBalancer(target="all")
     with pytest.raises(ValueError, match="Linear"):
         AuxFreeBalancer().attach(nn.Linear(2, 2))
     balancer, router = attached()
