@@ -23,9 +23,10 @@ OUT/loss_curves.png (train LM loss, and val loss at the evaluations).
 ``--reference ARM`` (an arm label as printed, e.g. ``balance=switch_aux``) adds paired comparisons:
 for every other arm and every number in ``PAIRED_METRICS``, the mean over seeds of (arm − reference)
 with its 95% Student-t interval (moe/analysis/paired.py), the interval-excluding-zero differences in
-bold and the others marked "(≈0)" (also OUT/compare_paired.csv). Pairing needs every arm to hold
-exactly the reference's seeds (``trainer.seed`` of each run's config.yaml); a reference that is not an
-arm, or an arm with other seeds, is an error before anything is computed.
+bold and the others marked "(≈0)" (also OUT/compare_paired.csv), and the seed std of val_loss pooled
+over all arms. Pairing needs every arm to hold exactly the reference's seeds (``trainer.seed`` of each
+run's config.yaml); a reference that is not an arm, or an arm with other seeds, is an error before
+anything is computed.
 """
 
 from __future__ import annotations
@@ -39,17 +40,14 @@ import statistics
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_plot import plot_curves, read_records  # noqa: E402
 from model_and_data import eval_data, load  # noqa: E402
 
 from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise  # noqa: E402
-from moe.analysis.paired import paired_difference  # noqa: E402
+from moe.analysis.paired import check_pairing, paired_difference, pooled_std  # noqa: E402
 from moe.checkpoint import read_config  # noqa: E402
 from moe.evaluation import eval_indices  # noqa: E402
 
@@ -88,11 +86,6 @@ def short_labels(names: list[str]) -> list[str]:
     split = [_split_overrides(name) for name in names]
     common = set.intersection(*(set(parts[1:]) for parts in split)) if len(names) > 1 else set()
     return [",".join(part for i, part in enumerate(parts) if i == 0 or part not in common) for parts in split]
-
-
-def read_records(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _mean_layers(record: dict, prefix: str, stat: str) -> float:
@@ -149,21 +142,6 @@ def seeds_by_arm(labels: list[str], seeds: list[int]) -> dict[str, list[int]]:
     return arms
 
 
-def check_pairing(arms: dict[str, list[int]], reference: str) -> None:
-    """Every arm must hold the reference arm's seeds, each once (a ValueError names what differs)."""
-    if reference not in arms:
-        raise ValueError(f"--reference {reference!r} is not an arm of these runs; arms: {sorted(arms)}")
-    expected = sorted(arms[reference])
-    for arm, seeds in arms.items():
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"arm {arm!r} has seed(s) {sorted(seeds)}: each seed may appear once")
-        if sorted(seeds) != expected:
-            raise ValueError(f"arm {arm!r} has seeds {sorted(seeds)} but the reference {reference!r} has "
-                             f"{expected}: paired comparisons need the same seeds in every arm")
-    if len(expected) < 2:
-        raise ValueError(f"the reference {reference!r} has seeds {expected}: a paired interval needs >= 2")
-
-
 def paired_rows(rows: list[dict], reference: str, *, confidence: float = 0.95) -> list[dict]:
     """Per arm other than the reference: for each metric, the paired difference (arm − reference)
     over seeds (rows carry ``run`` labels and ``seed``), as a :class:`PairedDifference`."""
@@ -191,41 +169,6 @@ def _paired_cell(diff) -> str:
     return f"**{text}**" if diff.distinguishable else f"{text} (≈0)"
 
 
-def _mean_curve(runs: list[Path], key: str) -> list[tuple[int, float, float]]:
-    """(step, mean, sample std over the runs) at the steps every run logged ``key``."""
-    per_run = [{r["step"]: r[key] for r in read_records(run) if key in r} for run in runs]
-    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
-    return [(step, statistics.fmean(values := [p[step] for p in per_run]),
-             statistics.stdev(values) if len(values) > 1 else 0.0) for step in steps]
-
-
-def _plot_band(ax, curve: list[tuple[int, float, float]], label: str, **style) -> None:
-    steps, means, stds = zip(*curve)
-    (line,) = ax.plot(steps, means, label=label, linewidth=1, **style)
-    if any(stds):
-        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
-
-
-def plot_curves(arms: dict[str, list[Path]], out: Path) -> None:
-    """Train and val loss per arm: the mean over its seeds, in a band of ± one seed std."""
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for arm, runs in arms.items():
-        label = arm if len(runs) == 1 else f"{arm} (mean ± std of {len(runs)} seeds)"
-        if train := _mean_curve(runs, "lm_loss"):
-            _plot_band(ax_train, train, label)
-        if val := _mean_curve(runs, "val/loss"):
-            _plot_band(ax_val, val, label, marker="o")
-    ax_train.set(xlabel="optimizer step", ylabel="train LM loss (nats/token)", title="training")
-    ax_val.set(xlabel="optimizer step", ylabel="val loss (nats/token)", title="validation")
-    for ax in (ax_train, ax_val):
-        ax.grid(alpha=0.3)
-    ax_val.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def aggregate(rows: list[dict]) -> list[dict]:
     """One row per arm: ``seeds`` and, for every number, its mean and sample std over the arm's runs."""
     arms: dict[str, list[dict]] = {}
@@ -237,6 +180,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
         for key in members[0]:
             values = [m[key] for m in members if isinstance(m.get(key), (int, float))]
             if key in ("run", "steps", "seed") or len(values) != len(members):
+                continue
+            if any(math.isnan(v) for v in values):  # e.g. routing statistics of a dense arm
+                out[key] = out[f"{key}_std"] = math.nan
                 continue
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -298,9 +244,14 @@ def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequenc
                 for part, attr in (("_diff", "mean"), ("_low", "low"), ("_high", "high"))}} for p in paired])
         cells = [{"arm": p["arm"], "seeds": p["seeds"], **{m: _paired_cell(p[m]) for m in metrics if m in p}}
                  for p in paired]
+        by_arm: dict[str, list[float]] = {}
+        for row in rows:
+            by_arm.setdefault(arm_of(row["run"]), []).append(row["val_loss"])
         lines = [f"Paired difference arm − `{reference}` over seeds, mean [95% t interval]; **bold**: the "
                  "interval excludes 0, (≈0): not distinguishable from 0:", "",
-                 *_markdown(cells, ["arm", "seeds", *metrics]), "", *lines]
+                 *_markdown(cells, ["arm", "seeds", *metrics]), "",
+                 f"Seed std of val_loss pooled over the {len(by_arm)} arms: {pooled_std(list(by_arm.values())):.4g}",
+                 "", *lines]
     lines += _markdown(rows, columns)
     (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
     return rows

@@ -7,9 +7,10 @@ tokens per step):
 
 1. ``dense``: the dense baseline (FFN 768 = the MoE's active size), ``pretrain`` steps.
 2. ``upcycled``: (1) upcycled with virtual groups (He et al. 2410.07524; E8 G2 top-2, experts of 384
-   neurons = the default MoE), trained ``continue`` more steps. Its step-0 loss equals (1)'s.
+   neurons, no shared expert: 768 active neurons like the default MoE), trained ``continue`` more
+   steps. Its step-0 loss equals (1)'s.
 3. ``dense_continued``: (1) trained ``continue`` more steps as a dense model.
-4. ``moe_scratch``: the default MoE from scratch for ``pretrain + continue`` steps (the same tokens).
+4. ``moe_scratch``: the same E8 top-2 MoE from scratch for ``pretrain + continue`` steps (the same tokens).
 
 The continuations use trainer.seed=1, so they read a different data order than the pre-training.
 Prints a table (and writes it to OUT/summary.md). One Hydra job is one run, so this is a script
@@ -50,17 +51,19 @@ def main() -> None:
     P, C = args.pretrain_steps, args.continue_steps
     steps = {"trainer.eval_every": str(max(1, C // 2)), "trainer.save_every": str(max(P, C, 1))}
     common = [f"{k}={v}" for k, v in steps.items()]
+    e8 = ["model.num_shared_experts=0", "model.num_experts=8", "model.expert_d_ff=384",
+          "router.order=topk_then_softmax"]
     dense_dir = args.out / "dense"
     runs = {
         "dense": (dense_dir, ["experiment=dense_baseline", f"trainer.max_steps={P}", *common]),
         "upcycled": (args.out / "upcycled", [
-            "init=upcycle", f"init.path={dense_dir}", "init.method=virtual_group", "init.granularity=2",
-            "router.order=topk_then_softmax", f"trainer.max_steps={C}", "trainer.seed=1",
+            "init=upcycle", f"init.path={dense_dir}", "init.method=virtual_group", "init.granularity=2", *e8,
+            f"trainer.max_steps={C}", "trainer.seed=1",
             "trainer.eval_every=1000000", *common]),
         "dense_continued": (args.out / "dense_continued", [
             "experiment=dense_baseline", "init=checkpoint", f"init.path={dense_dir}", f"trainer.max_steps={C}",
             "trainer.seed=1", *common]),
-        "moe_scratch": (args.out / "moe_scratch", [f"trainer.max_steps={P + C}", *common]),
+        "moe_scratch": (args.out / "moe_scratch", [*e8, f"trainer.max_steps={P + C}", *common]),
     }
     rows = []
     for name, (run_dir, overrides) in runs.items():

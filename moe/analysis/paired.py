@@ -85,6 +85,22 @@ class PairedDifference:
         return self.low > 0.0 or self.high < 0.0
 
 
+def check_pairing(seeds_by_arm: Mapping[str, list[int]], reference: str) -> None:
+    """Every arm must hold exactly the reference arm's seeds, each once, and at least two of them
+    (a ValueError names the arm and the seeds that differ)."""
+    if reference not in seeds_by_arm:
+        raise ValueError(f"--reference {reference!r} is not an arm of these runs; arms: {sorted(seeds_by_arm)}")
+    expected = sorted(seeds_by_arm[reference])
+    for arm, seeds in seeds_by_arm.items():
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"arm {arm!r} has seed(s) {sorted(seeds)}: each seed may appear once")
+        if sorted(seeds) != expected:
+            raise ValueError(f"arm {arm!r} has seeds {sorted(seeds)} but the reference {reference!r} has "
+                             f"{expected}: paired comparisons need the same seeds in every arm")
+    if len(expected) < 2:
+        raise ValueError(f"the reference {reference!r} has seeds {expected}: a paired interval needs >= 2")
+
+
 def paired_difference(arm: Mapping[int, float], reference: Mapping[int, float], *,
                       confidence: float = 0.95) -> PairedDifference:
     """``arm`` and ``reference`` map seed → metric; they must hold the same ≥ 2 seeds."""

@@ -64,4 +64,5 @@ class TopKRouter(Router):
         return self.token_choice(expert_ids_TK, weights_TK, logits_TE, probs_TE)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, order={self.order}, jitter_eps={self.jitter_eps}, routed_scaling_factor={self.routed_scaling_factor}"
+        return (f"{super().extra_repr()}, order={self.order}, jitter_eps={self.jitter_eps}, "
+                f"routed_scaling_factor={self.routed_scaling_factor}")

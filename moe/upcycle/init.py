@@ -138,6 +138,11 @@ class Upcycle:
             carve.carve_model(dense, model, method=self.method, calibration=calibration,
                               active_neurons=self.active_neurons, split_partition=self.partition, seed=self.seed)
             return
+        if any(layer.shared_expert is not None for layer in model.moe_layers):
+            # copy / virtual_group / drop make every routed expert a copy (or shard) of the dense FFN:
+            # a shared expert on top would add an untrained FFN and break step-0 preservation
+            raise ValueError(f"init.method={self.method} fills routed experts only: set model.num_shared_experts=0 "
+                             f"(the default MoE has one), or use init.method=carve, which fills shared experts too")
         generator = torch.Generator().manual_seed(self.seed)
         for dense_block, block in zip(dense.blocks, model.blocks):
             if not block.is_moe:

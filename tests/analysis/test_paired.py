@@ -46,3 +46,17 @@ def test_pairing_needs_the_same_seeds():
 def test_pooled_std_weights_arms_by_their_degrees_of_freedom():
     # variances 1 (n=3: {1,2,3}) and 4 (n=2: {0, 2√2}): (2·1 + 1·4) / 3 = 2
     assert pooled_std([[1.0, 2.0, 3.0], [0.0, 2 * math.sqrt(2)]]) == pytest.approx(math.sqrt(2))
+
+
+def test_check_pairing_names_what_differs():
+    from moe.analysis.paired import check_pairing
+
+    check_pairing({"a": [0, 1, 2], "b": [2, 1, 0]}, "a")  # the same seeds in any order pair
+    with pytest.raises(ValueError, match=r"'c' is not an arm of these runs; arms: \['a', 'b'\]"):
+        check_pairing({"a": [0, 1], "b": [0, 1]}, "c")
+    with pytest.raises(ValueError, match=r"arm 'b' has seeds \[0\] but the reference 'a' has \[0, 1\]"):
+        check_pairing({"a": [0, 1], "b": [0]}, "a")
+    with pytest.raises(ValueError, match=r"arm 'b' has seed\(s\) \[0, 0, 1\]: each seed may appear once"):
+        check_pairing({"a": [0, 1], "b": [0, 0, 1]}, "a")
+    with pytest.raises(ValueError, match="a paired interval needs >= 2"):
+        check_pairing({"a": [0], "b": [0]}, "a")

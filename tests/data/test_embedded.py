@@ -169,7 +169,8 @@ def test_markup_is_well_formed_xml_outline_of_the_module():
 
     from moe.data.extra_domains import markup_document
 
-    source = "'''Module.\n\nMore.'''\nclass A(B):\n    def f(self, x=1):\n        '''Do <f>.'''\nif X:\n    def g(): pass\n"
+    source = ("'''Module.\n\nMore.'''\nclass A(B):\n    def f(self, x=1):\n        '''Do <f>.'''\n"
+              "if X:\n    def g(): pass\n")
     root = ET.fromstring(markup_document("pkg/m.py", ast.parse(source)))
     assert root.tag == "module" and root.get("path") == "pkg/m.py" and root.find("summary").text == "Module."
     cls = root.find("class")

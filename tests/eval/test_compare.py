@@ -61,6 +61,9 @@ def test_paired_differences_against_a_reference_arm(sweep, tmp_path):
     assert float(paired["val_loss_high"]) == pytest.approx(sum(diffs) / 2 + half, rel=1e-4)
     text = (tmp_path / "out" / "compare.md").read_text()
     assert text.startswith("Paired difference arm − `balance=none`") and "| balance=switch_aux | 2 |" in text
+    by_seed = [[loss[RUNS[0]], loss[RUNS[1]]], [loss[RUNS[2]], loss[RUNS[3]]]]
+    pooled = (sum((a - b) ** 2 / 2 for a, b in by_seed) / 2) ** 0.5  # two arms of two seeds: mean of variances
+    assert f"pooled over the 2 arms: {pooled:.4g}" in text
 
 
 def test_a_reference_that_is_not_an_arm_fails_in_one_line(sweep, tmp_path, capsys):
@@ -110,3 +113,6 @@ def test_seeds_of_one_arm_pool_into_mean_and_sample_std():
     assert by_arm[0]["val_loss_std"] == pytest.approx(0.5 ** 0.5)  # sample std of {1, 2}
     assert by_arm[1]["domain_mi"] == 0.2 and by_arm[1]["domain_mi_std"] == 0.0
     assert "steps" not in by_arm[0] and "run" not in by_arm[0]
+    dense = aggregate([{"run": "0_model=dense_tiny,trainer.seed=0", "val_loss": 1.0, "domain_mi": math.nan},
+                       {"run": "1_model=dense_tiny,trainer.seed=1", "val_loss": 2.0, "domain_mi": math.nan}])
+    assert math.isnan(dense[0]["domain_mi"]) and math.isnan(dense[0]["domain_mi_std"])  # no routing to pool

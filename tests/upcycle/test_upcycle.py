@@ -101,6 +101,8 @@ def test_init_checkpoint_copies_every_weight(smoke, tmp_path):
          "router.top_k=1 to be a multiple of init.granularity=2"),
         (("init.method=copy", "model.d_model=32", "model.expert_d_ff=128"), r"embed.weight: .* shape \(257, 64\)"),
         (("init.method=mitosis",), "init.method='mitosis' is not one of"),
+        (("init.method=copy", "model.expert_d_ff=128", "model.num_shared_experts=1"),
+         "init.method=copy fills routed experts only: set model.num_shared_experts=0"),
     ],
 )
 def test_bad_upcycling_requests(smoke, dense_run, tmp_path, overrides, message):
