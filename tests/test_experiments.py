@@ -36,6 +36,8 @@ def test_compare_balance_sweeps_every_scope_and_method_over_two_seeds():
 def test_every_arm_trains(experiment, tmp_path, data_cache):
     arms = [job for job in sweep_arms(experiment) if job[-1] == "trainer.seed=0"]  # the seeds train alike
     assert len(arms) >= 6
+    if experiment == "compare_routers":  # three seeds per arm, the same in every arm (paired)
+        assert {job[-1] for job in sweep_arms(experiment)} == {f"trainer.seed={s}" for s in (0, 1, 2)}
     for i, arm in enumerate(arms):
         config = compose(f"experiment={experiment}", *arm, *TINY, f"data.cache_dir={data_cache}",
                          run_dir=tmp_path / str(i))

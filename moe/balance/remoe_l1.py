@@ -1,10 +1,10 @@
 """ReMoE's load-balanced L1 regulariser with an adaptive coefficient (Wang et al., ReMoE, 2412.14711).
 
-Meant for the ``relu`` router (ReMoE): gates G = ReLU(logits), an expert is active for a token iff its
-gate is nonzero, so the number of experts per token varies and sparsity is controlled by this loss,
-not by a top-k. With G = relu(``routing.logits_TE``), c_i the assignments dispatched to expert i
-(the nonzero gates under the relu router), T tokens and k = ``routing.top_k`` (the target experts
-per token):
+Meant for the ``relu`` router (ReMoE): gates G = ReLU(logits + offset), an expert is active for a
+token iff its gate is nonzero, so the number of experts per token varies and sparsity is controlled by
+this loss, not by a top-k. With G the dispatched gate weights (``routing.weights_N``: the nonzero
+gates under the relu router), c_i the assignments dispatched to expert i, T tokens and
+k = ``routing.top_k`` (the target experts per token):
 
     f_i = c_i / (k·T)   (detached),        L = E · Σ_i f_i · (1/T) Σ_t G_t,i
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from moe.balance.base import Balancer
 from moe.balance.counts import all_reduce_sum
@@ -61,8 +60,11 @@ class ReMoEL1Loss(Balancer):
             self.step_tokens += float(T)
             self.step_k, self.step_E, self.step_device = float(routing.top_k), float(E), routing.logits_TE.device
         f_E = routing.tokens_per_expert_E.to(routing.logits_TE.dtype) / (routing.top_k * T)
-        gates_E = F.relu(routing.logits_TE).mean(dim=0)
-        return E * (f_E.detach() * gates_E).sum()
+        # mean_t G_t,i from the dispatched gate weights (the nonzero G): the gate the experts saw,
+        # offset included (moe/routers/relu.py), = mean_t ReLU(z_t,i) for the paper's router
+        gates_E = torch.zeros(E, dtype=routing.weights_N.dtype, device=routing.weights_N.device)
+        gates_E = gates_E.index_add(0, routing.expert_ids_N, routing.weights_N) / T
+        return E * (f_E.detach() * gates_E.to(f_E.dtype)).sum()
 
     def on_optimizer_step(self) -> None:
         local = torch.tensor([self.step_active, self.step_tokens], dtype=torch.float64, device=self.step_device)

@@ -3,7 +3,7 @@ Routing", 2412.14711).
 
 With float32 logits z_t = W x_t, the gate is
 
-    G_t,i = ReLU(z_t,i)
+    G_t,i = ReLU(z_t,i + b_i)          (b = 0 in the paper; the offset b is described below)
 
 and every (t, i) with G_t,i > 0 is an assignment with weight G_t,i (no top-k, no renormalisation), so
 the number of experts per token varies, from 0 to E; N = the number of nonzeros. The sparsity is not
