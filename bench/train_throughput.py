@@ -5,10 +5,11 @@ same active parameters.
 
 Models, built with ``moe.models.build.build_model`` from the repository's own config files:
 
-- ``moe``: configs/model/moe_tiny.yaml (4 blocks, d_model 192, 8 experts of hidden 384, top-2) with
+- ``moe``: configs/model/moe_tiny.yaml (4 blocks, d_model 192, a shared expert of 384 + 16 routed experts
+  of 192, top-2) with
   configs/router/top_k.yaml, configs/experts/grouped.yaml (impl auto) and balance switch_aux + z_loss;
-- ``dense``: configs/model/dense_tiny.yaml (moe_tiny with num_experts 0 and FFN hidden 768 = 2 × 384,
-  so the same active FFN compute per token and no router).
+- ``dense``: configs/model/dense_tiny.yaml (moe_tiny with num_experts 0 and FFN hidden 768 = 384 +
+  2 × 192, so the same active FFN compute per token and no router).
 
 A *step* is what the trainer does per optimizer step: forward with targets (loss = CE + the balancers'
 aux losses), backward, global grad-norm clipping at configs/optim/adamw.yaml's grad_clip, AdamW step
