@@ -265,10 +265,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sequences-per-domain", type=int, default=32)
     parser.add_argument("--reference", metavar="ARM", help="report every arm's paired difference to this arm")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        rows = compare(args.paths, args.out, routing=not args.no_routing,
-                       sequences_per_domain=args.sequences_per_domain, reference=args.reference)
+        with torch.no_grad():  # scoped: main() is also called from Python (tests), where grad must survive
+            rows = compare(args.paths, args.out, routing=not args.no_routing,
+                           sequences_per_domain=args.sequences_per_domain, reference=args.reference)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"compare.py: error: {err}")
     print((args.out / "compare.md").read_text())

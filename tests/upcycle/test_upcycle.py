@@ -27,7 +27,8 @@ def dense_run(tmp_path_factory, data_cache):
 
 def upcycle(smoke, dense_run, tmp_path, *overrides):
     run_dir = tmp_path / "upcycled"
-    summary = run(smoke("init=upcycle", f"init.path={dense_run}", "trainer.max_steps=0", *overrides, run_dir=run_dir))
+    summary = run(smoke("init=upcycle", f"init.path={dense_run}", "trainer.max_steps=0", "model.num_experts=8",
+                        *overrides, run_dir=run_dir))
     return load_model(run_dir), summary
 
 
