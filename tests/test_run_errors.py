@@ -53,8 +53,8 @@ def test_existing_checkpoints_survive_a_rerun_and_a_failed_resume(smoke, tmp_pat
     before = {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         run(smoke("trainer.max_steps=3"))
-    with pytest.raises(ValueError, match="top_k=9"):
-        run(smoke("trainer.resume=true", "router.top_k=9"))
+    with pytest.raises(ValueError, match="top_k=17"):
+        run(smoke("trainer.resume=true", "router.top_k=17"))
     assert list_checkpoints(run_dir) == [checkpoint]
     assert {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()} == before
 

@@ -45,7 +45,7 @@ def test_sweep_gives_each_job_its_own_run_dir(tmp_path, data_cache):
 
 def test_a_bad_value_stops_before_the_run_directory_exists(tmp_path, data_cache):
     run_dir = tmp_path / "run"
-    done = train("router.top_k=9", f"run_dir={run_dir}", data_cache=data_cache)
+    done = train("router.top_k=17", f"run_dir={run_dir}", data_cache=data_cache)
     assert done.returncode != 0
-    assert "top_k=9 > num_experts=8" in done.stderr
+    assert "top_k=17 > num_experts=16" in done.stderr
     assert not (run_dir / "checkpoints").exists()

@@ -104,8 +104,8 @@ def test_active_parameters_count_k_of_E_routed_experts(smoke):
     from moe.analysis import param_counts
     from moe.models.build import build_model
 
-    model = build_model(smoke())  # 2 MoE blocks, 8 experts of d_ff 64 over d_model 64, top-2
+    model = build_model(smoke())  # 2 MoE blocks, 16 experts of d_ff 64 over d_model 64, top-2
     counts = param_counts(model)
-    per_layer_experts = 8 * 3 * 64 * 64
+    per_layer_experts = 16 * 3 * 64 * 64
     assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert counts["total"] - counts["active"] == 2 * per_layer_experts * 6 // 8
+    assert counts["total"] - counts["active"] == 2 * per_layer_experts * 14 // 16

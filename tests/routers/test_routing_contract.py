@@ -93,7 +93,7 @@ def test_validate_rejects_inconsistent_counts():
 
 
 def test_selection_bias_moves_selection_but_not_weights():
-    router = make_router("top_k", top_k=1)
+    router = make_router("top_k", top_k=1, order="softmax_then_topk")  # weights = the unbiased p
     x_TD = torch.randn(T, D)
     before = route(router, x_TD)
     with torch.no_grad():
