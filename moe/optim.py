@@ -34,18 +34,21 @@ def build_optimizer(
         raise ValueError(f"optim.lr={lr} must be > 0")
     if router_lr_scale <= 0:
         raise ValueError(f"optim.router_lr_scale={router_lr_scale} must be > 0")
-    router_ids = {id(p) for m in model.modules() if isinstance(m, MoELayer) for p in m.router.parameters()}
+    # with the default scale the routers stay in the two plain groups, so the optimizer state of runs
+    # checkpointed before router_lr_scale existed still resumes
+    router_ids = set() if router_lr_scale == 1.0 else {
+        id(p) for m in model.modules() if isinstance(m, MoELayer) for p in m.router.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    routers = [p for p in trainable if id(p) in router_ids]
     others = [p for p in trainable if id(p) not in router_ids]
+    routers = [p for p in trainable if id(p) in router_ids]
     # norms and other vectors are not decayed (decay would pull RMSNorm gains towards 0)
     groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0}]
-    if routers:
-        groups += [{"params": [p for p in routers if p.dim() >= 2], "weight_decay": weight_decay,
-                    "lr": lr * router_lr_scale},
-                   {"params": [p for p in routers if p.dim() < 2], "weight_decay": 0.0, "lr": lr * router_lr_scale}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
+    for decayed in (True, False):
+        if params := [p for p in routers if (p.dim() >= 2) == decayed]:
+            groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                           "lr": lr * router_lr_scale})
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):

@@ -30,6 +30,7 @@ def test_router_lr_scale_gives_every_router_parameter_its_own_lr():
         assert group["weight_decay"] == (0.1 if group["params"][0].dim() >= 2 else 0.0)
         seen += len(group["params"])
     assert seen == len(list(model.parameters()))
+    assert len(build_optimizer(model, lr=1e-3).param_groups) == 2  # scale 1: the two plain groups, as before
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps=4, max_steps=10))
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3 / 4, 2.5e-4 / 4}  # the schedule scales both
     scheduler.step()
