@@ -2,7 +2,7 @@
 
 This reads the same ``_target_`` / ``_partial_`` keys as ``hydra.utils.instantiate`` so the config
 files in ``configs/`` work unchanged, but lives in ``moe/`` because the library must not import
-Hydra (DESIGN.md): ``moe.load_model`` rebuilds a model from a checkpoint's ``config.yaml`` with it.
+Hydra (docs/design-notes.md): ``moe.load_model`` rebuilds a model from a checkpoint's ``config.yaml`` with it.
 It is not a registry — the dotted path in the config file is the only name a part has. Unlike
 Hydra's version it reports a wrong keyword with the allowed ones.
 """

@@ -22,7 +22,8 @@ same λ), measures sparsity = 1 − N/(T·E) and compares it with the target 1 �
     otherwise                                       →  λ ← λ / α
 
 with α = ``adapt_factor`` = 1.2 (ReMoE). Initial λ = ``coeff``, default 1e-8 (a deliberately tiny
-start that the ×1.2 steps grow quickly; METHODS.md gives no λ0, so this is our choice). A step with
+start that the ×1.2 steps grow quickly; the paper's notes we worked from give no λ0, so this
+is our choice). A step with
 no training forward leaves λ unchanged. λ adapts per MoE layer (each layer has its own instance; the
 ReMoE code uses one λ shared by all layers). λ is saved in the module's extra state (``<prefix>._extra_state``, a
 float64 scalar tensor), so a resumed run continues from the adapted value.

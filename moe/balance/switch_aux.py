@@ -4,7 +4,7 @@
 
 with c_i the assignments dispatched to expert i, p_t the softmax over all E experts (``probs_TE``) and
 T the tokens the scope covers. Normalisation: a perfectly balanced router (f_i = P_i = 1/E) scores
-exactly 1.0 before the coefficient, whatever E and k (DESIGN.md). Conversions: HF
+exactly 1.0 before the coefficient, whatever E and k (docs/design-notes.md). Conversions: HF
 ``load_balancing_loss_func`` reports k·L (balanced = k); Switch's top-1 loss is L with k = 1.
 
 Scopes (Qiu et al. 2501.11873 call the micro scope "micro-batch LBL"):

@@ -90,7 +90,7 @@ class GroupedExperts(SwiGLUExperts):
         itemsize = torch.empty((), dtype=dtype).element_size()
         if (self.d_model * itemsize) % 16 or (self.d_ff * itemsize) % 16:
             return f"d_model={self.d_model}, d_ff={self.d_ff} rows in {dtype} are not 16-byte multiples"
-        if torch.compiler.is_compiling():  # fp32 grouped_mm failed to compile (PERF_NOTES); no probe
+        if torch.compiler.is_compiling():  # fp32 grouped_mm failed to compile on torch 2.13 CPU; no probe
             return "under torch.compile"
         if not _probe(device, dtype):
             return f"grouped_mm failed on {device} in {dtype}"
@@ -110,7 +110,7 @@ class GroupedExperts(SwiGLUExperts):
             offsets_E = torch.cumsum(tokens_per_expert_E, 0, dtype=torch.int32)
             h_NF = F.silu(grouped_mm(x_ND, w_gate_EDF, offsets_E)) * grouped_mm(x_ND, w_up_EDF, offsets_E)
             return grouped_mm(h_NF, w_down_EFD, offsets_E)
-        # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²·D·F) (PERF_NOTES)
+        # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²·D·F) (docs/design-notes.md)
         per_expert = zip(
             torch.split(x_ND, tokens_per_expert_E.tolist()),
             w_gate_EDF.unbind(0), w_up_EDF.unbind(0), w_down_EFD.unbind(0),

@@ -1,4 +1,4 @@
-"""DeepSeek-V3 (HF ``model_type: deepseek_v3``, 2412.19437) as a moe-lab MoE model (METHODS.md part 4).
+"""DeepSeek-V3 (HF ``model_type: deepseek_v3``, 2412.19437) as a moe-lab MoE model (transformers' MoE code).
 
 The Llama-like backbone with multi-head latent attention (``attention: mla``, moe/models/mla.py);
 the first ``first_k_dense_replace`` blocks keep a dense SwiGLU of ``intermediate_size``, every later

@@ -1,7 +1,7 @@
 """The conversion half of :func:`moe.interop.save_hf`: a moe-lab :class:`DecoderLM` → a Hugging Face
 ``config.json`` dict and the tensors of its ``model.safetensors``, in the per-expert (v4 legacy) layout
 that transformers 5.24 ``save_pretrained`` writes and ``from_pretrained`` merges into fused experts
-(METHODS.md part 4 §3). No I/O and no ``transformers`` import: the config is a plain dict.
+(transformers' MoE config contract). No I/O and no ``transformers`` import: the config is a plain dict.
 
 Everything is read off the model's modules (widths, heads, norms, biases, routers, shared experts,
 balancers; moe/interop/hf_model_facts.py), so an upcycled or hand-edited model exports as it is;

@@ -1,6 +1,6 @@
 """Mixtral (HF ``model_type: mixtral``) as a moe-lab MoE model: the Mistral backbone with every FFN an
 MoE layer of ``num_local_experts`` SwiGLU experts and a softmax top-k router whose k weights are
-renormalised to sum to 1 — our ``TopKRouter`` with ``order: topk_then_softmax`` (METHODS.md part 4:
+renormalised to sum to 1 — our ``TopKRouter`` with ``order: topk_then_softmax`` (transformers' MoE code:
 ``p = softmax(logits)``, ``topk(p, k)``, ``w /= w.sum()``, which equals the softmax over the k chosen
 logits). On disk each expert is ``block_sparse_moe.experts.{e}.w1`` (gate, [F, D]), ``w3`` (up) and
 ``w2`` (down, [D, F]); the router is ``block_sparse_moe.gate.weight`` [E, D].

@@ -1,4 +1,4 @@
-"""Qwen2-MoE and Qwen3-MoE (HF ``qwen2_moe``, ``qwen3_moe``) as moe-lab MoE models (METHODS.md part 4).
+"""Qwen2-MoE and Qwen3-MoE (HF ``qwen2_moe``, ``qwen3_moe``) as moe-lab MoE models (transformers' MoE code).
 Qwen3-MoE has no shared expert and adds per-head RMSNorm on q and k (our ``qk_norm``); OLMoE has the
 same layout with experts of ``intermediate_size`` and q/k RMSNorm over the full width
 (``qk_norm_scope: full``).

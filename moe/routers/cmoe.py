@@ -1,4 +1,4 @@
-"""CMoE's training-free analytic router (Pei et al. 2502.04416, METHODS.md §4 step 6).
+"""CMoE's training-free analytic router (Pei et al. 2502.04416, step 6).
 
 Expert e is scored by one representative neuron r_e of its cluster, with stored L2-normalised rows
 û_e = up_{r_e}/‖up_{r_e}‖ and ĝ_e = gate_{r_e}/‖gate_{r_e}‖ (buffers ``up_ED`` / ``gate_ED``: fixed, no

@@ -1,4 +1,4 @@
-"""Carving an MoE out of a dense SwiGLU FFN without training: CMoE (Pei et al. 2502.04416, METHODS.md §4)
+"""Carving an MoE out of a dense SwiGLU FFN without training: CMoE (Pei et al. 2502.04416)
 and the LLaMA-MoE neuron-split baselines (``init.method=split``).
 
 Per MoE block, in order (calibration inputs go through the blocks already carved, as in CMoE):

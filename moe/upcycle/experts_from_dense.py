@@ -1,4 +1,5 @@
-"""Dense SwiGLU → routed experts: the weight maps of the upcycling methods (METHODS.md part 3).
+"""Dense SwiGLU → routed experts: the weight maps of the upcycling methods (Komatsuzaki et al. 2023;
+He et al. 2410.07524).
 
 The dense FFN computes FFN(x) = Σ_j down_:,j · SiLU(gate_j·x)·(up_j·x) over its F hidden neurons j.
 Each method fills the stacked expert weights (w_gate_EDF, w_up_EDF [E, D, F_e], w_down_EFD [E, F_e, D])

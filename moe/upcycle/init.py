@@ -15,7 +15,7 @@
   (cached under ``init.calibration_cache_dir``; null: the data config's default) and ``init.active_neurons``
   = K_a; a ``router=cmoe`` gets its representative neurons. See moe/upcycle/carve.py.
 
-Function preservation at step 0 (METHODS.md 3b): with ``router.order=topk_then_softmax`` and no token
+Function preservation at step 0 (He et al. 2410.07524): with ``router.order=topk_then_softmax`` and no token
 dropping, ``copy`` reproduces the dense model exactly (the k gate weights sum to 1 over identical
 experts), and so does ``virtual_group`` with k a multiple of G and output scale G. With
 ``softmax_then_topk`` the routed output is (Σ_topk p)·FFN(x); ``output_scale: auto`` multiplies by E/k
