@@ -1,9 +1,10 @@
 """Upcycling demo: dense pre-training → upcycle → continue, against the two obvious alternatives.
 
     .venv/bin/python eval/upcycle_demo.py --out runs/upcycle_demo [--pretrain-steps 400 --continue-steps 400]
+    .venv/bin/python eval/upcycle_demo.py --out runs/upcycle_seeds --seeds 0,1,2 --skip-scratch
 
-Four runs of the default byte-level setup on the embedded corpus, all with the same batch (8 × 256
-tokens per step):
+Per seed, four runs of the default byte-level setup on the embedded corpus, all with the same batch
+(8 × 256 tokens per step):
 
 1. ``dense``: the dense baseline (FFN 768 = the MoE's active size), ``pretrain`` steps.
 2. ``upcycled``: (1) upcycled with virtual groups (He et al. 2410.07524; E8 G2 top-2, experts of 384
@@ -12,9 +13,11 @@ tokens per step):
 3. ``dense_continued``: (1) trained ``continue`` more steps as a dense model.
 4. ``moe_scratch``: the same E8 top-2 MoE from scratch for ``pretrain + continue`` steps (the same tokens).
 
-The continuations use trainer.seed=1, so they read a different data order than the pre-training.
-Prints a table (and writes it to OUT/summary.md). One Hydra job is one run, so this is a script
-rather than an ``experiment=`` config.
+Seed s pre-trains with trainer.seed=s; both continuations use trainer.seed=s+100, so they read the
+same tokens in the same order as each other and a different order than the pre-training. With two or
+more seeds the script adds the paired difference upcycled − dense_continued with its 95% t interval
+(moe/analysis/paired.py). Prints a table (and writes it to OUT/summary.md). One Hydra job is one run,
+so this is a script rather than an ``experiment=`` config.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from moe.analysis.paired import paired_difference  # noqa: E402
 from moe.training import run  # noqa: E402
 
 
@@ -40,43 +44,71 @@ def train(run_dir: Path, *overrides: str) -> dict:
     return run(config)
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        sys.exit(f"--seeds={text!r}: expected comma-separated integers, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f"--seeds={text!r}: each seed once")
+    return seeds
+
+
+def runs_for_seed(out: Path, seed: int, P: int, C: int, skip_scratch: bool) -> dict[str, tuple[Path, list[str]]]:
+    steps = {"trainer.eval_every": str(max(1, C // 2)), "trainer.save_every": str(max(P, C, 1))}
+    common = [f"{k}={v}" for k, v in steps.items()]
+    e8 = ["model.num_shared_experts=0", "model.num_experts=8", "model.expert_d_ff=384",
+          "router.order=topk_then_softmax"]
+    dense_dir = out / "dense"
+    continuation = [f"trainer.max_steps={C}", f"trainer.seed={seed + 100}", *common]
+    runs = {
+        "dense": (dense_dir, ["experiment=dense_baseline", f"trainer.max_steps={P}", f"trainer.seed={seed}", *common]),
+        "upcycled": (out / "upcycled", [
+            "init=upcycle", f"init.path={dense_dir}", "init.method=virtual_group", "init.granularity=2", *e8,
+            *continuation]),
+        "dense_continued": (out / "dense_continued", [
+            "experiment=dense_baseline", "init=checkpoint", f"init.path={dense_dir}", *continuation]),
+        "moe_scratch": (out / "moe_scratch", [*e8, f"trainer.max_steps={P + C}", f"trainer.seed={seed}", *common]),
+    }
+    if skip_scratch:
+        del runs["moe_scratch"]
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "upcycle_demo")
     parser.add_argument("--pretrain-steps", type=int, default=400)
     parser.add_argument("--continue-steps", type=int, default=400)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each one pre-trains its own dense model")
+    parser.add_argument("--skip-scratch", action="store_true", help="leave out the MoE-from-scratch run")
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out} exists: choose another --out (runs are never overwritten)")
+    seeds = parse_seeds(args.seeds)
     P, C = args.pretrain_steps, args.continue_steps
-    steps = {"trainer.eval_every": str(max(1, C // 2)), "trainer.save_every": str(max(P, C, 1))}
-    common = [f"{k}={v}" for k, v in steps.items()]
-    e8 = ["model.num_shared_experts=0", "model.num_experts=8", "model.expert_d_ff=384",
-          "router.order=topk_then_softmax"]
-    dense_dir = args.out / "dense"
-    runs = {
-        "dense": (dense_dir, ["experiment=dense_baseline", f"trainer.max_steps={P}", *common]),
-        "upcycled": (args.out / "upcycled", [
-            "init=upcycle", f"init.path={dense_dir}", "init.method=virtual_group", "init.granularity=2", *e8,
-            f"trainer.max_steps={C}", "trainer.seed=1",
-            "trainer.eval_every=1000000", *common]),
-        "dense_continued": (args.out / "dense_continued", [
-            "experiment=dense_baseline", "init=checkpoint", f"init.path={dense_dir}", f"trainer.max_steps={C}",
-            "trainer.seed=1", *common]),
-        "moe_scratch": (args.out / "moe_scratch", [*e8, f"trainer.max_steps={P + C}", *common]),
-    }
-    rows = []
-    for name, (run_dir, overrides) in runs.items():
-        summary = train(run_dir, *overrides)
-        tokens = json.loads(Path(summary["run_dir"], "checkpoints", summary["checkpoints"][-1],
-                                 "meta.json").read_text())["tokens_seen"]
-        if name in ("upcycled", "dense_continued"):
-            tokens += P * 8 * 256  # the dense pre-training they start from
-        domains = summary["val_domain_losses"]
-        rows.append((name, tokens, summary["val_loss"], domains.get("val/code/loss"), domains.get("val/prose/loss")))
-    header = "| run | tokens | val loss | code | prose |\n| --- | --- | --- | --- | --- |"
-    table = "\n".join([header] + [f"| {n} | {t / 1e6:.2f}M | {v:.3f} | {c:.3f} | {p:.3f} |" for n, t, v, c, p in rows])
-    text = (f"Upcycling demo: pretrain {P} steps, continue {C} steps (8 x 256 tokens per step)\n\n{table}\n")
+    rows, val = [], {}
+    for seed in seeds:
+        out = args.out / f"seed{seed}" if len(seeds) > 1 else args.out
+        for name, (run_dir, overrides) in runs_for_seed(out, seed, P, C, args.skip_scratch).items():
+            summary = train(run_dir, *overrides)
+            tokens = json.loads(Path(summary["run_dir"], "checkpoints", summary["checkpoints"][-1],
+                                     "meta.json").read_text())["tokens_seen"]
+            if name in ("upcycled", "dense_continued"):
+                tokens += P * 8 * 256  # the dense pre-training they start from
+            domains = summary["val_domain_losses"]
+            val.setdefault(name, {})[seed] = summary["val_loss"]
+            rows.append((seed, name, tokens, summary["val_loss"], domains.get("val/code/loss"),
+                         domains.get("val/prose/loss")))
+    header = "| seed | run | tokens | val loss | code | prose |\n| --- | --- | --- | --- | --- | --- |"
+    table = "\n".join([header] + [f"| {s} | {n} | {t / 1e6:.2f}M | {v:.3f} | {c:.3f} | {p:.3f} |"
+                                  for s, n, t, v, c, p in rows])
+    text = f"Upcycling demo: pretrain {P} steps, continue {C} steps (8 x 256 tokens per step)\n\n{table}\n"
+    if len(seeds) > 1:
+        d = paired_difference(val["upcycled"], val["dense_continued"])
+        text += (f"\nupcycled - dense_continued over seeds {seeds}: {d.mean:+.4f} nats, "
+                 f"95% CI [{d.low:+.4f}, {d.high:+.4f}]"
+                 f"{'' if d.distinguishable else ' (not distinguishable from zero)'}\n")
     (args.out / "summary.md").write_text(text)
     print(text)
 

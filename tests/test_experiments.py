@@ -26,10 +26,10 @@ def sweep_arms(experiment: str) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def test_compare_balance_sweeps_every_scope_and_method_over_two_seeds():
+def test_compare_balance_sweeps_every_scope_and_method_over_three_paired_seeds():
     arms = ["balance=switch_aux", "balance=[switch_aux,z_loss]", "balance=sequence_aux", "balance=global_aux",
             "balance=aux_free", "balance=none"]
-    assert sweep_arms("compare_balance") == [[arm, f"trainer.seed={seed}"] for arm in arms for seed in (0, 1)]
+    assert sweep_arms("compare_balance") == [[arm, f"trainer.seed={seed}"] for arm in arms for seed in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("experiment", ["compare_balance", "compare_routers"])

@@ -22,11 +22,23 @@ number of experts per token is free, only this target also holds the *total* loa
 when every gate of a layer has switched off, mean(c̄) = 0 and the mean target would leave it dead,
 while k·T/E raises every b_i until the gates come back (moe/routers/relu.py adds b inside its ReLU).
 
+**Update rate for the run length** (``update_rate="auto"``). With the sign rule b moves by at most u
+per step, so closing a load gap that needs an offset of the size S of the selection scores takes S/u
+steps. The rule lets b cross S once within a fraction f (``catch_up_fraction``, 0.05) of the run's
+``run_steps`` optimizer steps (``trainer.max_steps``; the config interpolates it):
+
+    u = S / (f · run_steps),   S = 1/E for softmax probabilities (their mean), 1 for sigmoid affinities
+
+S comes from the router (``selection_score_scale()``); routers without one need an explicit u. For a
+sigmoid router this gives u = 1e-3 — Wang et al.'s and DeepSeek-V3's constant — at 20k steps, while a
+300-step CPU run with a 16-expert softmax router gets u = 0.0042 (the constant 1e-3 would need 63% of
+that run just to move b by 1/E). A run of 0 steps gets u = 0.
+
 The proportional rule is normalised by the mean load, so e_i/mean(c̄) = −(relative load violation
 of expert i) is dimensionless and u means the same thing whatever the batch size, E or k (Wang et
 al.'s Table 3 use the raw e_i, whose scale grows with the tokens per step). A step with no counts
-(no training forward) leaves b unchanged. Defaults: u = 1e-3 (Wang et al., V3), rule "sign",
-recenter False. The local counts are a plain tensor attribute, not a buffer: they differ between
+(no training forward) leaves b unchanged. Defaults of the class: u = 1e-3 (Wang et al., V3), rule
+"sign", recenter False; the shipped config uses ``update_rate=auto``. The local counts are a plain tensor attribute, not a buffer: they differ between
 ranks until the all-reduce, and DDP's ``broadcast_buffers`` would overwrite them with rank 0's; they
 are not checkpointed (empty after every step anyway). b itself lives in the router and is
 checkpointed with it.
@@ -51,20 +63,30 @@ TARGETS = ("mean", "top_k")
 
 
 class AuxFreeBalancer(Balancer):
-    def __init__(self, *, coeff: float = 0.0, update_rate: float = 1e-3, rule: str = "sign",
-                 recenter: bool = False, target: str = "mean"):
+    def __init__(self, *, coeff: float = 0.0, update_rate: float | str = 1e-3, rule: str = "sign",
+                 recenter: bool = False, target: str = "mean", run_steps: int | None = None,
+                 catch_up_fraction: float = 0.05):
         if coeff != 0:
             raise ValueError(f"aux_free.coeff={coeff} must be 0: this balancer adds no loss")
         super().__init__(coeff=0.0)
-        if not update_rate >= 0:
-            raise ValueError(f"aux_free.update_rate={update_rate} must be >= 0")
+        if update_rate == "auto":
+            if isinstance(run_steps, bool) or not isinstance(run_steps, int) or run_steps < 0:
+                raise ValueError(f"aux_free.run_steps={run_steps!r} must be an integer >= 0 with update_rate=auto "
+                                 "(the shipped config sets it to ${trainer.max_steps})")
+            if not 0 < catch_up_fraction <= 1:
+                raise ValueError(f"aux_free.catch_up_fraction={catch_up_fraction} must lie in (0, 1]")
+        elif isinstance(update_rate, bool) or not isinstance(update_rate, (int, float)) or not update_rate >= 0:
+            raise ValueError(f"aux_free.update_rate={update_rate!r} must be a number >= 0 or 'auto'")
         if rule not in RULES:
             raise ValueError(f"aux_free.rule={rule!r} is not one of {RULES}")
         if not isinstance(recenter, bool):
             raise ValueError(f"aux_free.recenter={recenter!r} must be one of (True, False)")
         if target not in TARGETS:
             raise ValueError(f"aux_free.target={target!r} is not one of {TARGETS}")
-        self.update_rate, self.rule, self.recenter, self.target = float(update_rate), rule, recenter, target
+        self.rule, self.recenter, self.target = rule, recenter, target
+        self.run_steps, self.catch_up_fraction = run_steps, catch_up_fraction
+        # "auto" is resolved in attach(), once the router's score scale is known
+        self.update_rate = update_rate if update_rate == "auto" else float(update_rate)
         self.step_tokens, self.step_k = 0.0, 0.0  # tokens of this optimizer step and their target k
         # local counts of the current optimizer step: a plain tensor, not a buffer, because DDP
         # (broadcast_buffers=True) would overwrite every rank's buffers with rank 0's each forward
@@ -80,6 +102,18 @@ class AuxFreeBalancer(Balancer):
                 f"aux_free needs a router with a selection_bias_E buffer; {type(router).__name__} has none"
             )
         self.__dict__["_router"] = router
+        if self.update_rate == "auto":
+            self.update_rate = self.auto_update_rate(router)
+
+    def auto_update_rate(self, router: nn.Module) -> float:
+        """u = S / (f · run_steps): b can cross the router's score scale S in a fraction f of the run."""
+        scale = getattr(router, "selection_score_scale", lambda: None)()
+        if scale is None:
+            raise ValueError(f"aux_free.update_rate=auto needs the scale of {type(router).__name__}'s selection "
+                             "scores, which it does not define; set aux_free.update_rate to a number")
+        if self.run_steps == 0:
+            return 0.0
+        return scale / (self.catch_up_fraction * self.run_steps)
 
     @property
     def selection_bias_E(self) -> torch.Tensor:

@@ -41,6 +41,11 @@ class Router(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight_ED, std=self.init_std)
 
+    def selection_score_scale(self) -> float | None:
+        """The size of the scores ``selection_bias_E`` is added to, for the ``aux_free`` balancer's
+        run-length rule (``update_rate=auto``); None when the router has no natural scale."""
+        return None
+
     def linear_logits(self, x_TD: torch.Tensor, noise_eps: float = 0.0) -> torch.Tensor:
         """float32 logits [T, E] with autocast off, so a bf16 model still routes in fp32; in training,
         ``noise_eps`` > 0 multiplies the router input by U[1-ε, 1+ε] (Switch input jitter)."""

@@ -76,6 +76,10 @@ class SigmoidRouter(Router):
         weights_TK = weights_TK * self.routed_scaling_factor
         return self.token_choice(expert_ids_TK, weights_TK, logits_TE, probs_TE)
 
+    def selection_score_scale(self) -> float:
+        """Selection adds b to sigmoid affinities, each in (0, 1)."""
+        return 1.0
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, num_groups={self.num_groups}, topk_groups={self.topk_groups}, "

@@ -63,6 +63,10 @@ class TopKRouter(Router):
             weights_TK = weights_TK * self.routed_scaling_factor
         return self.token_choice(expert_ids_TK, weights_TK, logits_TE, probs_TE)
 
+    def selection_score_scale(self) -> float:
+        """Selection adds b to softmax probabilities, whose mean over experts is 1/E."""
+        return 1.0 / self.num_experts
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, order={self.order}, jitter_eps={self.jitter_eps}, "
                 f"routed_scaling_factor={self.routed_scaling_factor}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose
 from torch import nn
 
 from moe.balance import AuxFreeBalancer
+from moe.models.build import build_model
 from moe.routers import TopKRouter
 from moe.routers.base import Router
 from moe.types import BalanceContext, Routing
@@ -199,3 +201,41 @@ def test_validation_and_attach_errors():
     assert balancer.coeff == 0.0 and balancer.update_rate == 1e-3 and balancer.rule == "sign"
     assert not balancer.recenter
     assert "router" not in dict(balancer.named_modules()) and balancer.state_dict() == {}
+
+
+def test_auto_update_rate_lets_the_bias_cross_the_score_scale_in_a_fraction_of_the_run():
+    softmax = AuxFreeBalancer(update_rate="auto", run_steps=300)
+    softmax.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    assert softmax.update_rate == pytest.approx((1 / 16) / (0.05 * 300))  # 0.0041667: 1/E in 15 steps
+    sigmoid = AuxFreeBalancer(update_rate="auto", run_steps=20_000)
+    sigmoid.attach(SigmoidRouterWithScale(d_model=D, num_experts=E, top_k=K))
+    assert sigmoid.update_rate == pytest.approx(1e-3)  # the papers' constant is this rule at 20k steps
+    slower = AuxFreeBalancer(update_rate="auto", run_steps=300, catch_up_fraction=0.5)
+    slower.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    assert slower.update_rate == pytest.approx(softmax.update_rate / 10)
+    still = AuxFreeBalancer(update_rate="auto", run_steps=0)
+    still.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    assert still.update_rate == 0.0
+
+
+class SigmoidRouterWithScale(SigmoidRouter):
+    def selection_score_scale(self) -> float:
+        return 1.0
+
+
+def test_auto_update_rate_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"aux_free.run_steps=None must be an integer >= 0"):
+        AuxFreeBalancer(update_rate="auto")
+    with pytest.raises(ValueError, match=r"aux_free.catch_up_fraction=0 must lie in \(0, 1\]"):
+        AuxFreeBalancer(update_rate="auto", run_steps=10, catch_up_fraction=0)
+    with pytest.raises(ValueError, match=r"aux_free.update_rate='fast' must be a number >= 0 or 'auto'"):
+        AuxFreeBalancer(update_rate="fast")
+    with pytest.raises(ValueError, match=r"update_rate=auto needs the scale of SigmoidRouter's selection scores"):
+        AuxFreeBalancer(update_rate="auto", run_steps=10).attach(SigmoidRouter(d_model=D, num_experts=E, top_k=K))
+
+
+def test_shipped_config_sets_the_rate_from_trainer_max_steps():
+    config = compose("balance=aux_free", "trainer.max_steps=300", "model.n_layers=1")
+    assert config["balance"]["aux_free"]["run_steps"] == 300
+    balancer = build_model(config).moe_layers[0].balancers["aux_free"]
+    assert balancer.update_rate == pytest.approx((1 / 16) / (0.05 * 300))
