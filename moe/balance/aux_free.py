@@ -38,10 +38,10 @@ The proportional rule is normalised by the mean load, so e_i/mean(c̄) = −(rel
 of expert i) is dimensionless and u means the same thing whatever the batch size, E or k (Wang et
 al.'s Table 3 use the raw e_i, whose scale grows with the tokens per step). A step with no counts
 (no training forward) leaves b unchanged. Defaults of the class: u = 1e-3 (Wang et al., V3), rule
-"sign", recenter False; the shipped config uses ``update_rate=auto``. The local counts are a plain tensor attribute, not a buffer: they differ between
-ranks until the all-reduce, and DDP's ``broadcast_buffers`` would overwrite them with rank 0's; they
-are not checkpointed (empty after every step anyway). b itself lives in the router and is
-checkpointed with it.
+"sign", recenter False; the shipped config uses ``update_rate=auto``. The local counts are a plain
+tensor attribute, not a buffer: they differ between ranks until the all-reduce, and DDP's
+``broadcast_buffers`` would overwrite them with rank 0's; they are not checkpointed (empty after
+every step anyway). b itself lives in the router and is checkpointed with it.
 
 It works for any router that has ``selection_bias_E`` and adds it to the selection scores (softmax
 or sigmoid; the project's TopKRouter adds b to the softmax probabilities). ``attach`` raises
