@@ -1,8 +1,13 @@
 """Train an MoE (or dense) language model: ``python train.py [hydra overrides]``.
 
 Composition happens here (Hydra); everything else lives in ``moe.training.run``.
+
+A user's mistake (a bad config value, a missing file: the ``ValueError``/``FileNotFoundError`` that
+``run`` raises before any work starts) ends the run with one line on stderr and exit status 2; the
+run directory's ``train.log`` keeps that error with its traceback, and every Python warning of the run.
 """
 
+import logging
 import sys
 
 import hydra
@@ -10,15 +15,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def log_file_only() -> logging.Logger:
+    """A logger that writes to Hydra's train.log but not to the console."""
+    logger = logging.getLogger("moe-lab.train-log")
+    logger.propagate = False
+    logger.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return logger
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     from moe.training import run  # after composition, so --help and config errors stay fast
 
+    logging.captureWarnings(True)  # warnings.warn → the py.warnings logger → console and train.log
     config = OmegaConf.to_container(cfg, resolve=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         config["run_dir"] = HydraConfig.get().runtime.output_dir
-    summary = run(config)
+    try:
+        summary = run(config)
+    except USER_ERRORS as error:
+        log_file_only().error("moe-lab: error: %s", error, exc_info=True)
+        print(f"moe-lab: error: {error}", file=sys.stderr)
+        sys.exit(2)
     if summary["interrupted_by"]:
         sys.exit(130 if summary["interrupted_by"] == "SIGINT" else 143)
 

@@ -46,6 +46,16 @@ def test_sweep_gives_each_job_its_own_run_dir(tmp_path, data_cache):
 def test_a_bad_value_stops_before_the_run_directory_exists(tmp_path, data_cache):
     run_dir = tmp_path / "run"
     done = train("router.top_k=17", f"run_dir={run_dir}", data_cache=data_cache)
-    assert done.returncode != 0
-    assert "top_k=17 > num_experts=16" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "moe-lab: error: router.top_k=17 must lie in [1, num_experts=16]: top_k=17 > num_experts=16"]
     assert not (run_dir / "checkpoints").exists()
+    log = (run_dir / "train.log").read_text()  # the error, with the traceback the console leaves out
+    assert "moe-lab: error: router.top_k=17" in log and "Traceback (most recent call last)" in log
+
+
+def test_train_log_keeps_the_warnings_of_a_run(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    done = train("router=expert_choice", f"run_dir={run_dir}", data_cache=data_cache)
+    assert done.returncode == 0, done.stderr
+    assert "ExpertChoiceRouter ranks all tokens of the batch" in (run_dir / "train.log").read_text()
