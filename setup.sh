@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with moe-lab and its dev tools. Idempotent: a second run only checks.
 # torch is installed first and pinned to 2.13.0: on the project's CPU machines that release is a
-# local CPU wheel; pyproject.toml itself accepts any torch>=2.4 (GPU users keep their own build:
+# local CPU wheel; pyproject.toml itself accepts any torch>=2.5 (GPU users keep their own build:
 # run `pip install -e .[dev]` in their own environment instead of this script).
 set -euo pipefail
 cd "$(dirname "$0")"
