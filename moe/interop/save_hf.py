@@ -95,7 +95,9 @@ def save_hf(source: nn.Module | str | Path, out_dir: str | Path, *, config: Mapp
         out_dir: the directory to create; must be absent or empty unless ``overwrite``.
         config: for a model object, the run config it was built from (``model``/``router``/... nodes, as
             in a checkpoint's config.yaml) or its ``model`` node; only RoPE's θ is taken from it (and
-            checked against the model), the rest is read off the modules. Not allowed with a path.
+            checked against the model), the rest is read off the modules. Optional: without it θ is
+            the model's own ``rope_theta`` (so ``save_hf(load_model(run), out)`` works). Not allowed
+            with a path.
         arch: force a HF ``model_type`` (llama, qwen2, qwen3, gpt2, mixtral, qwen2_moe, qwen3_moe, olmoe,
             deepseek_v3);
             default: the first that represents the model exactly (see moe/interop/hf_export.py).
@@ -112,6 +114,7 @@ def save_hf(source: nn.Module | str | Path, out_dir: str | Path, *, config: Mapp
         model, config = _load_source(source)
     else:
         model = source
-    _, config_json, tensors = export_hf(model, rope_theta=_rope_theta(config), arch=arch)
+    rope_theta = _rope_theta(config) if config is not None else getattr(model, "rope_theta", None)
+    _, config_json, tensors = export_hf(model, rope_theta=rope_theta, arch=arch)
     _write_atomic(out, config_json, tensors)
     return out

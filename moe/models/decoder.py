@@ -151,6 +151,7 @@ class DecoderLM(nn.Module):
         if self.moe_indices and (router is None or experts is None):
             raise ValueError("an MoE model (num_experts > 0) needs a router and an experts factory")
         self.vocab_size, self.max_seq_len, self.init_std = vocab_size, max_seq_len, init_std
+        self.rope_theta = float(rope_theta)  # kept for HF export (save_hf), which writes it into config.json
         self.embed = nn.Embedding(vocab_size, d_model)
         # learned absolute positions (GPT-2) instead of RoPE inside attention
         self.pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None

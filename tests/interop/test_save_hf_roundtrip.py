@@ -297,3 +297,14 @@ def test_wrong_rope_theta_in_config_is_caught(tmp_path):
     config = run_config()
     with pytest.raises(ValueError, match="rope_theta=10000.0 from the config does not match"):
         save_hf(build_model(config), tmp_path / "hf", config={"model": {**config["model"], "rope_theta": 1e4}})
+
+
+def test_a_model_object_brings_its_own_rope_theta(tmp_path):
+    config = run_config()  # rope_theta 5000, not the default 10000
+    model = random_model(config)
+    save_hf(model, tmp_path / "hf")  # no config=: θ comes from the model itself
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert written["rope_parameters"]["rope_theta"] == 5000.0
+    ids = torch.randint(0, config["model"]["vocab_size"], (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "hf")(ids).logits, model(ids).logits)
