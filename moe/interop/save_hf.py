@@ -8,10 +8,13 @@
     transformers.AutoModelForCausalLM.from_pretrained("hf-out")   # the same logits
     moe.load_model("hf-out")                                       # back into moe-lab
 
-The directory holds ``config.json`` (a plain dict: moe-lab never imports transformers) and one
+The directory holds ``config.json`` (a plain dict: moe-lab never imports transformers), one
 ``model.safetensors`` (metadata ``format: pt``) in the per-expert layout transformers 5.24
-``save_pretrained`` writes. Which HF ``model_type`` a model becomes, the exact conversions and what is
-refused are documented in moe/interop/hf_export.py. Command line: ``eval/export_hf.py``.
+``save_pretrained`` writes, and the tokenizer the model was trained with (``tokenizer.json`` +
+``tokenizer_config.json``; moe/interop/tokenizer_export.py) when the source says which: a run or
+checkpoint directory, a HF directory with a tokenizer, or ``config=`` with a ``data`` node. Which
+HF ``model_type`` a model becomes, the exact conversions and what is refused are documented in
+moe/interop/hf_export.py. Command line: ``eval/export_hf.py``.
 
 Safety: every check (unsupported option, wrong ``arch``, non-empty ``out_dir`` without
 ``overwrite=True``) runs before anything is written; the files are written into a hidden temporary
@@ -32,7 +35,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from moe.data.tokenizer import ByteTokenizer
 from moe.interop.hf_export import export_hf
+from moe.interop.tokenizer_export import tokenizer_files, write_tokenizer_files
 
 DEFAULT_ROPE_THETA = 10000.0  # DecoderLM's default, used when the model node does not set rope_theta
 
@@ -65,7 +70,24 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
 
 
-def _write_atomic(out: Path, config_json: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def _tokenizer_files(source: nn.Module | str | Path, config: Mapping[str, Any] | None,
+                     model: nn.Module) -> dict[str, str | Path]:
+    """The tokenizer the model was trained with (moe/interop/tokenizer_export.py): a HF source's own
+    tokenizer files, a run's ``data.tokenizer``; none for a model object without a run config."""
+    from moe.interop.hf_dense import is_hf_model_dir
+
+    max_seq_len = int(getattr(model, "max_seq_len", 2048))
+    if isinstance(source, (str, Path)) and is_hf_model_dir(Path(source)):
+        if not (Path(source) / "tokenizer.json").is_file():
+            return {}
+        return tokenizer_files({"tokenizer": str(source)}, max_seq_len=max_seq_len)
+    if config is None or "data" not in config:
+        return {}
+    return tokenizer_files(config["data"], max_seq_len=max_seq_len)
+
+
+def _write_atomic(out: Path, config_json: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  tokenizer: Mapping[str, str | Path]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -74,6 +96,7 @@ def _write_atomic(out: Path, config_json: dict[str, Any], tensors: dict[str, tor
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # HF requires format
+        write_tokenizer_files(tmp, tokenizer)
         if out.exists():  # checked by the caller: empty, or overwrite=True
             os.replace(out, old)
         os.replace(tmp, out)
@@ -116,5 +139,8 @@ def save_hf(source: nn.Module | str | Path, out_dir: str | Path, *, config: Mapp
         model = source
     rope_theta = _rope_theta(config) if config is not None else getattr(model, "rope_theta", None)
     _, config_json, tensors = export_hf(model, rope_theta=rope_theta, arch=arch)
-    _write_atomic(out, config_json, tensors)
+    tokenizer = _tokenizer_files(source, config, model)
+    if isinstance(tokenizer.get("tokenizer.json"), str):  # built here: the byte tokenizer; generation stops at
+        config_json["eos_token_id"] = ByteTokenizer.eos_id  # its end-of-document id
+    _write_atomic(out, config_json, tensors, tokenizer)
     return out
