@@ -80,6 +80,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     router_lr_scale: float = 1.0
+    schedule_on_resume: str = "error"
 
     def __post_init__(self):
         _require(self.lr > 0, f"optim.lr={self.lr} must be > 0")

@@ -43,6 +43,7 @@ from moe.checkpoint import (
     commit_checkpoint,
     latest_checkpoint,
     list_checkpoints,
+    read_config,
     read_meta,
     write_config,
     write_text_atomic,
@@ -53,6 +54,7 @@ from moe.finetune import adopt_checkpoint_config, freeze_parameters, resolve_tok
 from moe.metrics import load_stats, routing_stats
 from moe.models.build import build_model
 from moe.optim import build_optimizer, warmup_cosine
+from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.spec import instantiate
 from moe.train_config import OptimConfig, TrainerConfig, from_mapping
 
@@ -156,8 +158,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json)."""
     trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
-    schedule = warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=trainer.max_steps,
-                             min_lr_ratio=optim.min_lr_ratio)
+
+    def schedule_of(length: int):
+        return warmup_cosine(warmup_steps=optim.warmup_steps, max_steps=length, min_lr_ratio=optim.min_lr_ratio)
+
+    schedule_of(trainer.max_steps)  # checks warmup/min_lr before anything else
     config = resolve_tokenizer(adopt_checkpoint_config(config))  # what config.yaml records
     seq_len, max_seq_len = (config.get("data") or {}).get("seq_len"), config["model"].get("max_seq_len")
     if isinstance(seq_len, int) and isinstance(max_seq_len, int) and seq_len > max_seq_len:
@@ -165,6 +170,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
                          f"<={max_seq_len} (the model node may come from init.path)")
     run_dir = Path(config["run_dir"])
     resume_from = _prepare_run_dir(run_dir, trainer.resume)
+    schedule_steps = trainer.max_steps
+    if resume_from is not None:
+        schedule_steps = schedule_steps_on_resume(
+            recorded=recorded_schedule_steps(read_meta(resume_from), read_config(resume_from / "config.yaml")),
+            requested=trainer.max_steps, policy=optim.schedule_on_resume, step=read_meta(resume_from)["step"],
+            multiplier_for=schedule_of, lr=optim.lr)
+    schedule = schedule_of(schedule_steps)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
         raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
 
@@ -235,6 +247,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             save_model(raw_model, str(tmp / "model.safetensors"))
             write_config(tmp / "config.yaml", config)
             meta = {"step": step, "micro_step": micro_step, "tokens_seen": micro_step * tokens_per_micro_step,
+                    "schedule_max_steps": schedule_steps,
                     "metrics": last_metrics, "torch": torch.__version__, "python": platform.python_version()}
             commit_checkpoint(tmp, final, meta, trainer.keep_last)
         accelerator.wait_for_everyone()

@@ -54,7 +54,7 @@ def test_existing_checkpoints_survive_a_rerun_and_a_failed_resume(smoke, tmp_pat
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         run(smoke("trainer.max_steps=3"))
     with pytest.raises(ValueError, match="top_k=17"):
-        run(smoke("trainer.resume=true", "router.top_k=17"))
+        run(smoke("trainer.max_steps=3", "trainer.resume=true", "router.top_k=17"))
     assert list_checkpoints(run_dir) == [checkpoint]
     assert {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()} == before
 
