@@ -5,6 +5,8 @@ Composition happens here (Hydra); everything else lives in ``moe.training.run``.
 A user's mistake (a bad config value, a missing file: the ``ValueError``/``FileNotFoundError`` that
 ``run`` raises before any work starts) ends the run with one line on stderr and exit status 2; the
 run directory's ``train.log`` keeps that error with its traceback, and every Python warning of the run.
+A key given twice on the command line (``experiment=smoke experiment=dense_baseline``: Hydra would keep
+only the last) is refused the same way; presets combine as a list, ``experiment=[smoke,dense_baseline]``.
 """
 
 import logging
@@ -26,6 +28,21 @@ def log_file_only() -> logging.Logger:
     return logger
 
 
+def repeated_override(argv: list[str]) -> str | None:
+    """The error for a key set twice among the command-line overrides, or None."""
+    seen: dict[str, str] = {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in seen:
+            hint = f"; to combine presets use {key}=[{seen[key].split('=', 1)[1]},{arg.split('=', 1)[1]}]" \
+                if key == "experiment" else ""
+            return f"{key} is set twice ({seen[key]} and {arg}): give each key once{hint}"
+        seen[key] = arg
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     from moe.training import run  # after composition, so --help and config errors stay fast
@@ -45,4 +62,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if (repeated := repeated_override(sys.argv[1:])) is not None:
+        print(f"moe-lab: error: {repeated}", file=sys.stderr)
+        sys.exit(2)
     main()

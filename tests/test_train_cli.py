@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import compose
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,3 +60,15 @@ def test_train_log_keeps_the_warnings_of_a_run(tmp_path, data_cache):
     done = train("router=expert_choice", f"run_dir={run_dir}", data_cache=data_cache)
     assert done.returncode == 0, done.stderr
     assert "ExpertChoiceRouter ranks all tokens of the batch" in (run_dir / "train.log").read_text()
+
+
+def test_a_key_given_twice_is_refused_and_presets_combine_as_a_list(tmp_path, data_cache):
+    done = train("experiment=dense_baseline", f"run_dir={tmp_path / 'run'}", data_cache=data_cache)  # + smoke
+    assert done.returncode == 2 and not (tmp_path / "run").exists()
+    assert done.stderr.strip() == ("moe-lab: error: experiment is set twice (experiment=dense_baseline and "
+                                   "experiment=smoke): give each key once; to combine presets use "
+                                   "experiment=[dense_baseline,smoke]")
+    for presets in ("[smoke,dense_baseline]", "[dense_baseline,smoke]"):  # a tiny dense model either way
+        config = compose(f"experiment={presets}")
+        assert config["model"]["num_experts"] == 0 and config["model"]["d_model"] == 64, presets
+        assert config["trainer"]["max_steps"] == 20
