@@ -5,8 +5,11 @@
     .venv/bin/python eval/perplexity.py runs/my-run data=hf data.data_files=notes.txt --split train
     .venv/bin/python eval/perplexity.py path/to/hf-mixtral data=chat data.data_files=rows.jsonl --out ppl.json
 
-Scores every sequence of the split (or the first ``--max-sequences`` per domain) with the token-
-weighted mean cross-entropy in nats/token, and perplexity = exp(loss). With the byte tokenizer a
+Scores the first ``--max-sequences`` sequences of each domain — by default the run's own
+``trainer.eval_sequences_per_domain`` (32 unless the run set it), the subset training evaluated, so the
+numbers reproduce the run's final val loss; ``--all`` scores the whole split (2,288 sequences of the
+embedded validation split: minutes on a CPU) — with the token-weighted mean cross-entropy in
+nats/token, and perplexity = exp(loss). A progress bar on stderr counts the sequences. With the byte tokenizer a
 token is a byte, so the loss is also nats/byte and bits/byte = loss / ln 2. Prints a Markdown table;
 ``--out`` also writes the numbers as JSON.
 """
@@ -20,15 +23,19 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_and_data import eval_data, load  # noqa: E402
 
+from moe.checkpoint import read_config, resolve_checkpoint  # noqa: E402
 from moe.evaluation import evaluate  # noqa: E402
+
+DEFAULT_SEQUENCES_PER_DOMAIN = 32
 
 
 def perplexity_table(path: str, overrides: list[str], *, split: str = "val", max_sequences: int | None = None,
-                     batch_size: int = 8, device: str = "cpu") -> dict:
+                     batch_size: int = 8, device: str = "cpu", progress: bool = False) -> dict:
     """{"overall": {...}, "domains": {name: {"loss", "perplexity", "bits_per_token", "sequences"}}}."""
     model, config = load(path, device=device)
     data = eval_data(path, config, overrides, model)
@@ -39,8 +46,9 @@ def perplexity_table(path: str, overrides: list[str], *, split: str = "val", max
     ids = torch.cat(picks)
     mask = getattr(packed, "loss_mask", None)
     kwargs = {"loss_mask": mask[ids]} if mask is not None else {}
-    metrics = evaluate(model, packed.input_ids[ids], packed.domain_ids[ids], data.domains, batch_size=batch_size,
-                       device=torch.device(device), **kwargs)
+    with tqdm(total=len(ids), desc="scoring", unit="seq", file=sys.stderr, disable=not progress) as bar:
+        metrics = evaluate(model, packed.input_ids[ids], packed.domain_ids[ids], data.domains, batch_size=batch_size,
+                           device=torch.device(device), on_batch=bar.update, **kwargs)
 
     def row(loss: float, sequences: int) -> dict:
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
@@ -52,6 +60,15 @@ def perplexity_table(path: str, overrides: list[str], *, split: str = "val", max
         if f"val/{name}/loss" in metrics:
             table["domains"][name] = row(metrics[f"val/{name}/loss"], len(picks[d]))
     return table
+
+
+def default_sequences_per_domain(path: str) -> int:
+    """The run's own evaluation subset size (a HF directory or an unreadable config: 32, our default)."""
+    try:
+        config = read_config(resolve_checkpoint(Path(path)) / "config.yaml")
+    except (FileNotFoundError, ValueError):
+        return DEFAULT_SEQUENCES_PER_DOMAIN
+    return int((config.get("trainer") or {}).get("eval_sequences_per_domain", DEFAULT_SEQUENCES_PER_DOMAIN))
 
 
 def to_markdown(table: dict) -> str:
@@ -68,13 +85,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("path", help="a moe-lab checkpoint or run directory, or a Hugging Face model directory")
     parser.add_argument("overrides", nargs="*", help="data config overrides, as for train.py (data=hf ...)")
     parser.add_argument("--split", choices=("val", "train"), default="val")
-    parser.add_argument("--max-sequences", type=int, default=None, help="per domain (default: all)")
+    parser.add_argument("--max-sequences", type=int, default=None,
+                        help="per domain (default: the run's trainer.eval_sequences_per_domain, else 32)")
+    parser.add_argument("--all", action="store_true", help="score every sequence of the split")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     args = parser.parse_args(argv)
-    table = perplexity_table(args.path, args.overrides, split=args.split, max_sequences=args.max_sequences,
-                             batch_size=args.batch_size, device=args.device)
+    if args.all and args.max_sequences is not None:
+        parser.error("--all and --max-sequences exclude each other")
+    max_sequences = None if args.all else args.max_sequences or default_sequences_per_domain(args.path)
+    table = perplexity_table(args.path, args.overrides, split=args.split, max_sequences=max_sequences,
+                             batch_size=args.batch_size, device=args.device, progress=True)
     print(to_markdown(table))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

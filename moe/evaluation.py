@@ -35,11 +35,13 @@ def evaluate(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     loss_mask: torch.Tensor | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Token-weighted mean loss (nats/token) over all and per domain, plus per-layer routing stats.
     ``autocast`` makes a fresh precision context per batch (e.g. ``accelerator.autocast``).
     ``loss_mask`` [N, S+1] (bool, as ``PackedDataset.loss_mask``) counts only the target tokens it
-    marks (chat data: the responses); None counts every token."""
+    marks (chat data: the responses); None counts every token. ``on_batch(n)`` is called after each
+    batch of n sequences (a progress bar)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros(len(domains), dtype=torch.float64)
@@ -61,6 +63,8 @@ def evaluate(
             loss_sum.index_add_(0, seq_domain, torch.where(mask_BS, token_loss_BS, 0.0).sum(dim=1).double().cpu())
             token_count.index_add_(0, seq_domain, mask_BS.sum(dim=1).double().cpu())
         num_batches += 1
+        if on_batch is not None:
+            on_batch(len(batch))
         for layer, aux in out.layer_aux.items():
             loads[layer] = loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
             sums = stat_sums.setdefault(layer, {})

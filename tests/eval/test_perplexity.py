@@ -24,3 +24,14 @@ def test_perplexity_cli_writes_json_for_another_split(tiny_run, tmp_path, capsys
     table = json.loads(out.read_text())
     assert table["split"] == "train" and table["overall"]["sequences"] == 4
     assert "| all | 4 |" in capsys.readouterr().out
+
+
+def test_the_cli_defaults_to_the_runs_eval_subset_and_shows_progress(tiny_run, capsys):
+    run_dir, summary = tiny_run
+    table = main([str(run_dir)])  # smoke sets trainer.eval_sequences_per_domain=4
+    assert table["overall"]["sequences"] == 8
+    assert table["overall"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
+    assert "scoring" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "--all", "--max-sequences", "2"])
+    assert "--all and --max-sequences exclude each other" in capsys.readouterr().err
