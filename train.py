@@ -62,6 +62,13 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from pathlib import Path
+
+        from moe.cli_help import help_text
+
+        print(help_text(Path(__file__).resolve().parent / "configs"))
+        sys.exit(0)
     if (repeated := repeated_override(sys.argv[1:])) is not None:
         print(f"moe-lab: error: {repeated}", file=sys.stderr)
         sys.exit(2)

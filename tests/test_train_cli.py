@@ -72,3 +72,14 @@ def test_a_key_given_twice_is_refused_and_presets_combine_as_a_list(tmp_path, da
         config = compose(f"experiment={presets}")
         assert config["model"]["num_experts"] == 0 and config["model"]["d_model"] == 64, presets
         assert config["trainer"]["max_steps"] == 20
+
+
+def test_help_lists_every_group_with_its_choices_and_every_trainer_key_with_its_meaning():
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "  balance  [switch_aux,z_loss]\n    aux_free         Auxiliary-loss-free balancing" in done.stdout
+    assert "  experiment  [none]\n" in done.stdout and "    smoke            A seconds-long run" in done.stdout
+    for path in sorted((REPO / "configs").glob("*/*.yaml")):
+        assert f"    {path.stem:<16} " in done.stdout, path
+    assert "  max_steps: 1875 " in done.stdout and "schedule_on_resume: error  # when a resumed run" in done.stdout
