@@ -268,7 +268,8 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="two configurations (T=2048, k=2; E=8 uniform, E=64 skewed), < 1 min")
+                        help="two configurations (T=2048, k=2; E=8 uniform, E=64 skewed), < 1 min on a quiet "
+                        "machine; no re-runs of disturbed configurations unless --retries is given")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
     parser.add_argument("--mode", choices=("both", *MODES), default="both")
     parser.add_argument("--T", type=int, nargs="+", default=[2048, 8192])
@@ -277,11 +278,14 @@ def main() -> None:
     parser.add_argument("--routing", choices=("uniform", "skewed"), nargs="+", default=["uniform", "skewed"])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="re-runs of a configuration whose two floors disagree > 1.5x (disturbed)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="re-runs of a configuration whose two floors disagree > 1.5x (disturbed); "
+                        "default 2, 0 with --quick")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write {meta, rows} here")
     args = parser.parse_args()
+    if args.retries is None:  # a quick check must stay quick on a busy machine: it notes disturbance instead
+        args.retries = 0 if args.quick else 2
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = QUICK if args.quick else list(itertools.product(args.T, args.E, args.k, args.routing))
