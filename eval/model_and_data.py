@@ -2,9 +2,12 @@
 
 The data is a ``data`` config node, chosen with the same override syntax as ``train.py``:
 by default a moe-lab checkpoint is scored on the data of its own run (its ``config.yaml``); overrides
-such as ``data=hf data.data_files=x.jsonl`` compose a fresh node from configs/ (a Hugging Face
-directory needs one, with its tokenizer: ``data=chat ... data.tokenizer=auto``). Sequences never
-exceed the model's ``max_seq_len``.
+such as ``data=hf data.data_files=x.jsonl`` compose a fresh node from configs/. A Hugging Face
+directory needs one, with its tokenizer (``data=chat ... data.tokenizer=auto``), unless it is a
+moe-lab export of a byte-level model (its tokenizer.json holds moe-lab's byte ids): that one is
+scored on the default corpus. ``data.tokenizer=auto`` follows train.py's rule with the scored model as
+``init.path``: its directory's tokenizer.json, the tokenizer a moe-lab run trained with, else bytes.
+Sequences never exceed the model's ``max_seq_len``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from torch import nn  # noqa: E402
 
 from moe.checkpoint import read_config, resolve_checkpoint  # noqa: E402
 from moe.data import DataBundle  # noqa: E402
+from moe.finetune import resolve_tokenizer  # noqa: E402
 from moe.interop.hf_dense import hf_run_config, is_hf_model_dir  # noqa: E402
+from moe.interop.tokenizer_export import is_byte_tokenizer_json  # noqa: E402
 from moe.loading import load_model  # noqa: E402
 from moe.spec import instantiate  # noqa: E402
 
@@ -53,6 +58,8 @@ def eval_data(path: str | Path, config: dict[str, Any], overrides: list[str], mo
     data_overrides = [o for o in overrides if o.lstrip("+~").startswith("data")]
     if "data" in config and not data_overrides:
         node = dict(config["data"])
+    elif not data_overrides and is_byte_tokenizer_json(Path(path) / "tokenizer.json"):
+        node = dict(compose_config([])["data"])  # a moe-lab export of a byte-level model: the default corpus
     elif not data_overrides:  # a HF model: the byte-level default corpus would not match its vocabulary
         raise ValueError(f"{path} brings no data config: name one with its tokenizer, e.g. "
                          f"data=chat data.data_files=rows.jsonl (data.tokenizer=auto uses the model's tokenizer.json)")
@@ -60,8 +67,8 @@ def eval_data(path: str | Path, config: dict[str, Any], overrides: list[str], mo
         node = dict(compose_config(overrides)["data"])
     if not any(o.startswith("data.seq_len=") for o in overrides):
         node["seq_len"] = min(int(node.get("seq_len", max_seq_len)), max_seq_len)
-    if node.get("tokenizer") == "auto":  # the tokenizer of the model's own directory, as in training
-        node["tokenizer"] = str(path)
+    # data.tokenizer=auto means what it means in train.py with init.path = the scored model
+    node = resolve_tokenizer({"data": node, "init": {"path": str(path)}})["data"]
     data = instantiate(node, "data")
     if data.vocab_size > vocab_size:
         raise ValueError(f"the data's tokenizer has {data.vocab_size} tokens, more than the model's vocab_size="

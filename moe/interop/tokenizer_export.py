@@ -59,6 +59,19 @@ def byte_tokenizer_json() -> str:
     return tokenizer.to_str(pretty=True)
 
 
+def is_byte_tokenizer_json(path: Path) -> bool:
+    """True when ``path`` is a tokenizer.json with moe-lab's byte ids (as this module writes it)."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    model = spec.get("model") or {}
+    added = {token.get("content"): token.get("id") for token in spec.get("added_tokens") or []}
+    return (model.get("type") == "BPE" and not model.get("merges")
+            and model.get("vocab") == {char: byte for byte, char in byte_to_unicode().items()}
+            and added == {END_OF_DOCUMENT: ByteTokenizer.eos_id})
+
+
 def tokenizer_files(data_config: Mapping[str, Any] | None, *, max_seq_len: int) -> dict[str, str | Path]:
     """File name → text to write, or the Path of a file to copy, for the export of a run with this
     ``data`` node (None: a model without a run config, which trained with the byte tokenizer)."""

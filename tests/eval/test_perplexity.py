@@ -35,3 +35,16 @@ def test_the_cli_defaults_to_the_runs_eval_subset_and_shows_progress(tiny_run, c
     with pytest.raises(SystemExit):
         main([str(run_dir), "--all", "--max-sequences", "2"])
     assert "--all and --max-sequences exclude each other" in capsys.readouterr().err
+
+
+def test_a_byte_level_hf_export_is_scored_on_the_default_corpus_without_overrides(tiny_run, tmp_path, monkeypatch):
+    from moe.interop import save_hf
+
+    run_dir, summary = tiny_run
+    hf_dir = save_hf(run_dir, tmp_path / "hf")  # carries moe-lab's byte tokenizer.json
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default corpus, built where a user's would be
+    table = perplexity_table(str(hf_dir), [], max_sequences=4)
+    assert table["overall"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    (hf_dir / "tokenizer.json").write_text((hf_dir / "tokenizer.json").read_text().replace('"!": 33', '"!": 34'))
+    with pytest.raises(ValueError, match="brings no data config"):  # not our byte ids: no corpus to guess
+        perplexity_table(str(hf_dir), [], max_sequences=4)
