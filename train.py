@@ -3,14 +3,18 @@
 Composition happens here (Hydra); everything else lives in ``moe.training.run``.
 
 A user's mistake (a bad config value, a missing file: the ``ValueError``/``FileNotFoundError`` that
-``run`` raises before any work starts) ends the run with one line on stderr and exit status 2; the
-run directory's ``train.log`` keeps that error with its traceback, and every Python warning of the run.
+``run`` raises before any work starts) ends the run with one line on stderr and exit status 2. A run
+directory that Hydra created for this failed start (it holds nothing but ``train.log``) is removed; an
+existing run's directory keeps everything, and its ``train.log`` gets the error with its traceback.
+``train.log`` also keeps every Python warning of a run, and the traceback of any other failure.
 A key given twice on the command line (``experiment=smoke experiment=dense_baseline``: Hydra would keep
 only the last) is refused the same way; presets combine as a list, ``experiment=[smoke,dense_baseline]``.
 """
 
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -54,17 +58,24 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = run(config)
     except USER_ERRORS as error:
-        log_file_only().error("moe-lab: error: %s", error, exc_info=True)
         print(f"moe-lab: error: {error}", file=sys.stderr)
+        run_dir = Path(config["run_dir"])
+        made_for_this_start = run_dir.is_dir() and sorted(p.name for p in run_dir.iterdir()) == ["train.log"]
+        if made_for_this_start:  # by Hydra: a failed start leaves nothing behind
+            logging.shutdown()  # close train.log before removing it
+            shutil.rmtree(run_dir)
+        else:
+            log_file_only().error("moe-lab: error: %s", error, exc_info=True)
         sys.exit(2)
+    except Exception:  # not a user's mistake: Hydra prints it; train.log keeps it too
+        log_file_only().exception("moe-lab: the run failed")
+        raise
     if summary["interrupted_by"]:
         sys.exit(130 if summary["interrupted_by"] == "SIGINT" else 143)
 
 
 if __name__ == "__main__":
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
-        from pathlib import Path
-
         from moe.cli_help import help_text
 
         print(help_text(Path(__file__).resolve().parent / "configs"))

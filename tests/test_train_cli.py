@@ -50,7 +50,16 @@ def test_a_bad_value_stops_before_the_run_directory_exists(tmp_path, data_cache)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "moe-lab: error: router.top_k=17 must lie in [1, num_experts=16]: top_k=17 > num_experts=16"]
-    assert not (run_dir / "checkpoints").exists()
+    assert not run_dir.exists()  # a failed start leaves nothing behind
+
+
+def test_a_failed_resume_keeps_the_run_and_logs_the_error(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    assert train(f"run_dir={run_dir}", data_cache=data_cache).returncode == 0
+    files = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    done = train(f"run_dir={run_dir}", "trainer.resume=true", "router.top_k=17", data_cache=data_cache)
+    assert done.returncode == 2 and done.stderr.startswith("moe-lab: error: router.top_k=17")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == files
     log = (run_dir / "train.log").read_text()  # the error, with the traceback the console leaves out
     assert "moe-lab: error: router.top_k=17" in log and "Traceback (most recent call last)" in log
 
