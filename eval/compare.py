@@ -39,6 +39,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,6 +87,28 @@ def short_labels(names: list[str]) -> list[str]:
     split = [_split_overrides(name) for name in names]
     common = set.intersection(*(set(parts[1:]) for parts in split)) if len(names) > 1 else set()
     return [",".join(part for i, part in enumerate(parts) if i == 0 or part not in common) for parts in split]
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()} or {prefix: {}}
+
+
+def disambiguate(labels: list[str], seeds: list[int], runs: list[Path]) -> list[str]:
+    """Runs whose names give the same arm and seed differ in a key the folder names leave out (Hydra's
+    ``exclude_keys``: run_dir, trainer.max_steps, ...): their labels get the config values that differ."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (label, seed) in enumerate(zip(labels, seeds)):
+        groups.setdefault((arm_of(label), seed), []).append(i)
+    labels = list(labels)
+    for members in (m for m in groups.values() if len(m) > 1):
+        flat = [_flat(read_config(runs[i] / "config.yaml")) for i in members]
+        keys = sorted(k for k in set().union(*flat) if k.rstrip(".") != "run_dir"
+                      and len({repr(f.get(k)) for f in flat}) > 1)
+        for i, values in zip(members, flat):
+            labels[i] = ",".join([labels[i], *(f"{k.rstrip('.')}={values.get(k)}" for k in keys)])
+    return labels
 
 
 def _mean_layers(record: dict, prefix: str, stat: str) -> float:
@@ -214,7 +237,8 @@ def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequenc
             reference: str | None = None) -> list[dict]:
     """Write the tables and the plot (see the module docstring); returns the per-run rows."""
     runs = find_runs(paths)
-    labels, seeds = short_labels([run.name for run in runs]), [run_seed(run) for run in runs]
+    seeds = [run_seed(run) for run in runs]
+    labels = disambiguate(short_labels([run.name for run in runs]), seeds, runs)
     if reference is not None:  # a pairing error surfaces before the (slow) routing of every run
         check_pairing(seeds_by_arm(labels, seeds), reference)
     rows = [run_row(run, routing=routing, sequences_per_domain=sequences_per_domain) for run in runs]

@@ -92,3 +92,17 @@ def test_help_lists_every_group_with_its_choices_and_every_trainer_key_with_its_
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         assert f"    {path.stem:<16} " in done.stdout, path
     assert "  max_steps: 1875 " in done.stdout and "schedule_on_resume: error  # when a resumed run" in done.stdout
+
+
+def test_a_sweep_resumed_longer_continues_in_its_own_job_folders(tmp_path, data_cache):
+    base = [sys.executable, str(REPO / "train.py"), "-m", "balance=switch_aux,none", "experiment=smoke",
+            "trainer.progress=false", f"data.cache_dir={data_cache}", f"run_dir={tmp_path / 'cmp'}"]
+    first = subprocess.run([*base, "trainer.max_steps=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    jobs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
+    longer = subprocess.run([*base, "trainer.max_steps=4", "trainer.resume=true", "optim.schedule_on_resume=keep"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir()) == jobs  # no new folders
+    for job in jobs:
+        assert json.loads((tmp_path / "cmp" / job / "summary.json").read_text())["step"] == 4

@@ -118,3 +118,19 @@ def test_seeds_of_one_arm_pool_into_mean_and_sample_std():
     dense = aggregate([{"run": "0_model=dense_tiny,trainer.seed=0", "val_loss": 1.0, "domain_mi": math.nan},
                        {"run": "1_model=dense_tiny,trainer.seed=1", "val_loss": 2.0, "domain_mi": math.nan}])
     assert math.isnan(dense[0]["domain_mi"]) and math.isnan(dense[0]["domain_mi_std"])  # no routing to pool
+
+
+def test_runs_that_differ_in_a_key_the_folder_names_leave_out_stay_apart(sweep, tmp_path):
+    import shutil
+
+    import yaml
+
+    both = tmp_path / "both"
+    for number in (0, 1):  # the same name but for the job number: as trainer.max_steps=6,12 would give
+        shutil.copytree(sweep / RUNS[0], both / f"{number}_balance=switch_aux,trainer.seed=0")
+    longer = both / "1_balance=switch_aux,trainer.seed=0" / "config.yaml"
+    longer.write_text(yaml.safe_dump({**yaml.safe_load(longer.read_text()),
+                                      "trainer": {**yaml.safe_load(longer.read_text())["trainer"], "max_steps": 12}}))
+    rows = compare([both], tmp_path / "out", routing=False)
+    assert [row["run"] for row in rows] == ["0_balance=switch_aux,trainer.max_steps=6",
+                                            "1_balance=switch_aux,trainer.max_steps=12"]  # two arms, not two seeds
