@@ -3,7 +3,7 @@
 Hydra's own help lists the groups and dumps the composed config, but YAML comments — where each of our
 keys says what it means and which values it takes — are lost in composition. This help is read from
 the config files themselves: a choice's description is the first comment line of its file, and the
-keys of the single-file groups (trainer, optim) are printed as written, comments included.
+keys of the default model, trainer and optim files are printed as written, comments included.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-KEY_GROUPS = ("trainer", "optim")  # one file each, one commented line per key
+KEY_GROUPS = ("model", "trainer", "optim")  # the default file of each: one commented line per key
 
 
 def _first_comment(path: Path) -> str:
@@ -46,7 +46,7 @@ def help_text(configs: Path) -> str:
     for group in KEY_GROUPS:
         path = configs / group / f"{defaults[group]}.yaml"
         lines += ["", f"{group}.KEY=VALUE ({path.relative_to(configs.parent)}):"]
-        lines += [f"  {line}" for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    lines += ["", "Model keys: model.KEY=VALUE (configs/model/moe_tiny.yaml). The composed config of a command: "
-              "add --cfg job. Hydra's own options: --hydra-help."]
+        lines += [f"  {line}" for line in path.read_text().splitlines()
+                  if line and not line.startswith(("#", "_target_", "_partial_"))]
+    lines += ["", "The composed config of a command: add --cfg job. Hydra's own options: --hydra-help."]
     return "\n".join(lines)

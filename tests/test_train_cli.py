@@ -83,7 +83,7 @@ def test_a_key_given_twice_is_refused_and_presets_combine_as_a_list(tmp_path, da
         assert config["trainer"]["max_steps"] == 20
 
 
-def test_help_lists_every_group_with_its_choices_and_every_trainer_key_with_its_meaning():
+def test_help_lists_every_group_with_its_choices_and_every_key_with_its_meaning():
     done = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -92,6 +92,7 @@ def test_help_lists_every_group_with_its_choices_and_every_trainer_key_with_its_
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         assert f"    {path.stem:<16} " in done.stdout, path
     assert "  max_steps: 1875 " in done.stdout and "schedule_on_resume: error  # when a resumed run" in done.stdout
+    assert "model.KEY=VALUE (configs/model/moe_tiny.yaml)" in done.stdout and "  num_experts: 16 " in done.stdout
 
 
 def test_a_sweep_resumed_longer_continues_in_its_own_job_folders(tmp_path, data_cache):
