@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from moe.schedule_resume import POLICIES as SCHEDULE_POLICIES
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # What trainer.freeze holds fixed (moe/finetune.py freeze_parameters): nothing, every router parameter,
 # the routed experts' weights, or everything except the routed experts' weights (Aurora-style fine-tuning).
@@ -89,3 +91,5 @@ class OptimConfig:
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
         _require(self.grad_clip >= 0, f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables)")
+        _require(self.schedule_on_resume in SCHEDULE_POLICIES,
+                 f"optim.schedule_on_resume={self.schedule_on_resume!r} is not one of {SCHEDULE_POLICIES}")

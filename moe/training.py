@@ -172,9 +172,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     resume_from = _prepare_run_dir(run_dir, trainer.resume)
     schedule_steps = trainer.max_steps
     if resume_from is not None:
+        resumed_meta = read_meta(resume_from)
         schedule_steps = schedule_steps_on_resume(
-            recorded=recorded_schedule_steps(read_meta(resume_from), read_config(resume_from / "config.yaml")),
-            requested=trainer.max_steps, policy=optim.schedule_on_resume, step=read_meta(resume_from)["step"],
+            recorded=recorded_schedule_steps(resumed_meta, read_config(resume_from / "config.yaml")),
+            requested=trainer.max_steps, policy=optim.schedule_on_resume, step=resumed_meta["step"],
             multiplier_for=schedule_of, lr=optim.lr)
     schedule = schedule_of(schedule_steps)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
@@ -219,8 +220,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     logger = make_logger(run_dir=str(run_dir), config=config)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "accelerate"))
-        meta = read_meta(resume_from)
-        step, micro_step = meta["step"], meta["micro_step"]
+        step, micro_step = resumed_meta["step"], resumed_meta["micro_step"]
         if accelerator.is_main_process:
             _truncate_metrics(metrics_path, step)
     accelerator.wait_for_everyone()

@@ -62,3 +62,8 @@ def test_resume_longer_keeps_the_schedule_and_holds_its_final_lr(smoke, tmp_path
     # a second extension still follows the 4-step schedule it recorded, not the 6 of the last config
     run(smoke("trainer.max_steps=8", "trainer.resume=true", "optim.schedule_on_resume=keep", *common))
     assert lrs(run_dir)[8] == final
+
+
+def test_a_bad_policy_is_refused_on_a_fresh_run_too(smoke):
+    with pytest.raises(ValueError, match=r"optim.schedule_on_resume='hold' is not one of"):
+        run(smoke("optim.schedule_on_resume=hold"))
