@@ -36,8 +36,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from moe.data.tokenizer import ByteTokenizer
+from moe.finetune import resolve_tokenizer
 from moe.interop.hf_export import export_hf
-from moe.interop.tokenizer_export import tokenizer_files, write_tokenizer_files
+from moe.interop.tokenizer_export import tokenizer_files, trained_with_bytes, write_tokenizer_files
 
 DEFAULT_ROPE_THETA = 10000.0  # DecoderLM's default, used when the model node does not set rope_theta
 
@@ -49,8 +50,9 @@ def _load_source(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from moe.loading import load_model
 
     path = Path(source)
-    if is_hf_model_dir(path):
-        return load_model(path), hf_run_config(path)
+    if is_hf_model_dir(path):  # its tokenizer, if it has one, goes with it
+        tokenizer = {"data": {"tokenizer": str(path)}} if (path / "tokenizer.json").is_file() else {}
+        return load_model(path), {**hf_run_config(path), **tokenizer}
     checkpoint = resolve_checkpoint(path)
     return load_model(checkpoint), read_config(checkpoint / "config.yaml")
 
@@ -70,20 +72,13 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
 
 
-def _tokenizer_files(source: nn.Module | str | Path, config: Mapping[str, Any] | None,
-                     model: nn.Module) -> dict[str, str | Path]:
-    """The tokenizer the model was trained with (moe/interop/tokenizer_export.py): a HF source's own
-    tokenizer files, a run's ``data.tokenizer``; none for a model object without a run config."""
-    from moe.interop.hf_dense import is_hf_model_dir
-
-    max_seq_len = int(getattr(model, "max_seq_len", 2048))
-    if isinstance(source, (str, Path)) and is_hf_model_dir(Path(source)):
-        if not (Path(source) / "tokenizer.json").is_file():
-            return {}
-        return tokenizer_files({"tokenizer": str(source)}, max_seq_len=max_seq_len)
+def _tokenizer_files(config: Mapping[str, Any] | None, model: nn.Module) -> dict[str, str | Path]:
+    """The tokenizer the model was trained with (moe/interop/tokenizer_export.py), from the source's
+    ``data`` node; none for a model object without a run config."""
     if config is None or "data" not in config:
         return {}
-    return tokenizer_files(config["data"], max_seq_len=max_seq_len)
+    data = resolve_tokenizer(dict(config))["data"]
+    return tokenizer_files(data, max_seq_len=int(getattr(model, "max_seq_len", 2048)))
 
 
 def _write_atomic(out: Path, config_json: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -139,8 +134,8 @@ def save_hf(source: nn.Module | str | Path, out_dir: str | Path, *, config: Mapp
         model = source
     rope_theta = _rope_theta(config) if config is not None else getattr(model, "rope_theta", None)
     _, config_json, tensors = export_hf(model, rope_theta=rope_theta, arch=arch)
-    tokenizer = _tokenizer_files(source, config, model)
-    if isinstance(tokenizer.get("tokenizer.json"), str):  # built here: the byte tokenizer; generation stops at
-        config_json["eos_token_id"] = ByteTokenizer.eos_id  # its end-of-document id
+    tokenizer = _tokenizer_files(config, model)
+    if tokenizer and trained_with_bytes(config["data"]):  # generation stops at the end-of-document id
+        config_json["eos_token_id"] = ByteTokenizer.eos_id
     _write_atomic(out, config_json, tensors, tokenizer)
     return out

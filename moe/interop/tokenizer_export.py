@@ -72,15 +72,20 @@ def is_byte_tokenizer_json(path: Path) -> bool:
             and added == {END_OF_DOCUMENT: ByteTokenizer.eos_id})
 
 
+def trained_with_bytes(data_config: Mapping[str, Any] | None) -> bool:
+    """Whether a (resolved) ``data`` node means moe-lab's byte tokenizer: no ``tokenizer`` key, or ``byte``."""
+    return ((data_config or {}).get("tokenizer") or "byte") == "byte"
+
+
 def tokenizer_files(data_config: Mapping[str, Any] | None, *, max_seq_len: int) -> dict[str, str | Path]:
     """File name → text to write, or the Path of a file to copy, for the export of a run with this
-    ``data`` node (None: a model without a run config, which trained with the byte tokenizer)."""
-    source = (data_config or {}).get("tokenizer") or "byte"
-    if source in ("byte", "auto"):  # a run config holds a resolved tokenizer; auto only in a hand-made one
+    resolved ``data`` node (``data.tokenizer=auto`` replaced, as ``moe.finetune.resolve_tokenizer`` does)."""
+    if trained_with_bytes(data_config):
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": END_OF_DOCUMENT, "bos_token": None,
                   "pad_token": None, "unk_token": None, "model_max_length": max_seq_len,
                   "clean_up_tokenization_spaces": False}
         return {"tokenizer.json": byte_tokenizer_json(), "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+    source = data_config["tokenizer"]
     path = Path(source)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
