@@ -18,8 +18,8 @@ from torch import nn
 from moe.metrics import load_stats, routing_stats
 
 
-def eval_indices(domain_ids: torch.Tensor, sequences_per_domain: int) -> torch.Tensor:
-    """The first ``sequences_per_domain`` sequence indices of each domain, domain by domain."""
+def eval_indices(domain_ids: torch.Tensor, sequences_per_domain: int | None) -> torch.Tensor:
+    """The first ``sequences_per_domain`` sequence indices of each domain (None: all of them), domain by domain."""
     picks = [torch.nonzero(domain_ids == d).flatten()[:sequences_per_domain] for d in domain_ids.unique()]
     return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
 

@@ -41,7 +41,7 @@ class TrainerConfig:
     mixed_precision: str = "no"
     log_every: int = 10
     eval_every: int = 100
-    eval_sequences_per_domain: int = 32
+    eval_sequences_per_domain: int | None = None  # None: the whole validation split
     save_every: int = 200
     keep_last: int = 2
     resume: bool = False
@@ -61,10 +61,12 @@ class TrainerConfig:
         object.__setattr__(self, "freeze", freeze)  # normalised to a tuple (the dataclass is frozen)
         _require(isinstance(self.max_steps, int) and self.max_steps >= 0,
                  f"trainer.max_steps={self.max_steps!r} must be an integer >= 0 (0: only write the initial checkpoint)")
-        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every",
-                     "eval_sequences_per_domain", "save_every"):
+        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"trainer.{name}={value!r} must be an integer >= 1")
+        value = self.eval_sequences_per_domain
+        _require(value is None or (isinstance(value, int) and value >= 1),
+                 f"trainer.eval_sequences_per_domain={value!r} must be an integer >= 1 or null (the whole split)")
         _require(self.keep_last >= 0, f"trainer.keep_last={self.keep_last} must be >= 0 (0 keeps all)")
         _require(
             self.mixed_precision in MIXED_PRECISION,
@@ -74,7 +76,7 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
