@@ -16,8 +16,8 @@ skipped. Example:
 
     python bench/parallel_sweep.py ARMS --seeds 0,1,2 --jobs 12 --root /tmp/screen --out screen.jsonl
 
-``--common`` overrides go to every job (e.g. ``trainer.eval_sequences_per_domain=1000`` to score
-the whole validation split). The numbers of a GPU screen are not the CPU's to the last digit
+``--common`` overrides go to every job (e.g. ``trainer.save_every=100000``: no checkpoint but the
+last). The numbers of a GPU screen are not the CPU's to the last digit
 (other kernels, other summation orders): confirm a chosen recipe with the sweep that reports it.
 """
 
