@@ -46,7 +46,7 @@ def lrs(run_dir) -> dict[int, float]:
 
 
 def test_resume_longer_keeps_the_schedule_and_holds_its_final_lr(smoke, tmp_path):
-    common = ("trainer.log_every=1", "trainer.save_every=4", "optim.warmup_steps=1")
+    common = ("trainer.log_every=1", "trainer.save_every=4", "optim.warmup_steps=1", "optim.lr=2e-3")
     run(smoke("trainer.max_steps=4", *common))
     run_dir = tmp_path / "run"
     before = list_checkpoints(run_dir)
@@ -57,7 +57,7 @@ def test_resume_longer_keeps_the_schedule_and_holds_its_final_lr(smoke, tmp_path
     run(smoke("trainer.max_steps=6", "trainer.resume=true", "optim.schedule_on_resume=keep", *common))
     lr = lrs(run_dir)
     final = lr[4]
-    assert final == pytest.approx(3e-3 * 0.1) and lr[5] == lr[6] == final  # no jump back up: held
+    assert final == pytest.approx(2e-3 * 0.1) and lr[5] == lr[6] == final  # no jump back up: held
     assert read_meta(list_checkpoints(run_dir)[-1])["schedule_max_steps"] == 4
     # a second extension still follows the 4-step schedule it recorded, not the 6 of the last config
     run(smoke("trainer.max_steps=8", "trainer.resume=true", "optim.schedule_on_resume=keep", *common))
