@@ -96,7 +96,8 @@ def main() -> None:
                 stopped = elapsed >= args.deadline and process.poll() is None
                 if stopped:
                     process.kill()
-                if process.poll() is None:
+                    process.wait()  # kill() only signals: without the wait the job could be read as finished later
+                elif process.poll() is None:
                     continue
                 running.remove(job)
                 record = {"arm": name, "seed": seed, "overrides": overrides, "returncode": process.returncode,
