@@ -46,7 +46,7 @@ variant and configuration; the fwd and fwdbwd rows carry the same number.
 bf16 (``--dtype bf16``) means autocast with float32 weights, as CPU training would run. glibc's
 mmap/trim thresholds are raised before the process starts (the script re-executes itself with them),
 the same for every variant: otherwise large activations are mapped and unmapped every step and page
-faults slow all variants, the floor most (docs/design-notes.md, "Benchmarks").
+faults slow all variants, the floor most (docs/design.md, "Benchmarks").
 
 Disturbance check: the whole and the chunked floor do the same work and agree within ~1.2x on a quiet
 machine; when they differ by more than 1.5x (another process took the cores) the configuration is run

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from moe.config_upgrade import upgrade_config
+
 CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -45,7 +47,7 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no config.yaml at {path}")
-    return yaml.safe_load(path.read_text())
+    return upgrade_config(yaml.safe_load(path.read_text()))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""MoELayer = router + routed experts (+ optional shared expert) + balancers (docs/design-notes.md).
+"""MoELayer = router + routed experts (+ optional shared expert) + balancers (docs/design.md).
 
     y_t = Σ_{(t, e, w) ∈ routing} w · Expert_e(x_t)  [+ SharedExpert(x_t)]
 

@@ -8,6 +8,7 @@ a logger from ``configs/logger/`` mirrors the same dictionaries elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -34,14 +35,14 @@ class WandbLogger:
         entity: str | None = None,
         name: str | None = None,
         mode: str = "offline",
-        tags: list[str] | None = None,
+        tags: Sequence[str] = (),
     ):
         if mode not in self.MODES:
             raise ValueError(f"logger.mode={mode!r} is not one of {self.MODES}")
         import wandb  # imported here: it is slow to import and only this logger needs it
 
         self._run = wandb.init(
-            project=project, entity=entity, name=name, mode=mode, tags=list(tags or []),
+            project=project, entity=entity, name=name, mode=mode, tags=list(tags),
             dir=run_dir, config=config,
         )
 

@@ -1,16 +1,22 @@
 """Typed, validated views of the ``trainer`` and ``optim`` config nodes.
 
 Hydra already rejects unknown keys on the command line; these dataclasses check the *values* (and
-unknown keys when ``moe.training.run`` is called with a plain dict) at build time, before any file of
-the run is written, with messages that name the field and the allowed values.
+unknown or missing keys when ``moe.training.run`` is called with a plain dict) at build time, before any
+file of the run is written, with messages that name the field and the allowed values.
+
+The fields have no defaults: ``configs/trainer/default.yaml`` and ``configs/optim/adamw.yaml`` are the
+one place each default lives (tests/test_config_defaults.py fails if the two sides ever disagree on
+which knobs exist).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
+from moe.config_types import describe, has_type
 from moe.schedule_resume import POLICIES as SCHEDULE_POLICIES
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -20,11 +26,17 @@ FREEZE = ("none", "router", "experts", "all_but_experts")
 
 
 def from_mapping(cls, values: dict[str, Any], node: str):
-    """``cls(**values)`` with a clear error for unknown keys."""
+    """``cls(**values)`` with a clear error for unknown or missing keys."""
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"{node}: unknown option(s) {unknown}; allowed: {allowed}")
+    missing = [name for name in allowed if name not in values]
+    if missing:
+        raise ValueError(f"{node}: missing option(s) {missing}; compose the run config from configs/ "
+                         f"(its {node} group sets every one)")
+    for name, hint in typing.get_type_hints(cls).items():
+        _require(has_type(values[name], hint), f"{node}.{name}={values[name]!r} must be {describe(hint)}")
     return cls(**values)
 
 
@@ -35,22 +47,22 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_steps: int = 400
-    batch_size: int = 8  # sequences per micro-batch per process
-    grad_accum_steps: int = 1
-    mixed_precision: str = "no"
-    log_every: int = 10
-    eval_every: int = 100
-    eval_sequences_per_domain: int | None = None  # None: the whole validation split
-    save_every: int = 200
-    keep_last: int = 2
-    resume: bool = False
-    seed: int = 0
-    cpu: bool = False  # train on the CPU even when an accelerator is present
-    compile_moe: bool = False  # torch.compile each MoE layer in place (nn.Module.compile)
-    progress: bool = True
-    domain_pure_batches: bool = False  # each micro-batch from one domain, domains in turn (moe/batches.py)
-    freeze: str | tuple[str, ...] = "none"  # one of FREEZE, or a list of them (their union is frozen)
+    max_steps: int
+    batch_size: int  # sequences per micro-batch per process
+    grad_accum_steps: int
+    mixed_precision: str
+    log_every: int
+    eval_every: int
+    eval_sequences_per_domain: int | None  # None: the whole validation split
+    save_every: int
+    keep_last: int
+    resume: bool
+    seed: int
+    cpu: bool  # train on the CPU even when an accelerator is present
+    compile_moe: bool  # torch.compile each MoE layer in place (nn.Module.compile)
+    progress: bool
+    domain_pure_batches: bool  # each micro-batch from one domain, domains in turn (moe/batches.py)
+    freeze: str | tuple[str, ...]  # one of FREEZE, or a list of them (their union is frozen)
 
     def __post_init__(self):
         freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
@@ -76,15 +88,15 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1.5e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 30
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    router_lr_scale: float = 1.0
-    schedule_on_resume: str = "error"
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float
+    router_lr_scale: float
+    schedule_on_resume: str
 
     def __post_init__(self):
         _require(self.lr > 0, f"optim.lr={self.lr} must be > 0")

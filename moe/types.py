@@ -1,4 +1,4 @@
-"""The routing contract shared by routers, experts and balancers (see docs/design-notes.md, "The routing contract").
+"""The routing contract shared by routers, experts and balancers (see docs/design.md, "The routing contract").
 
 Shape legend used in tensor names throughout ``moe/``:
 

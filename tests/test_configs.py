@@ -74,8 +74,24 @@ def test_unknown_key_is_rejected(smoke):
         ("model.n_heads=5", "d_model=64 is not divisible by model.n_heads=5"),
         ("router.order=sideways", "router.order='sideways' is not one of"),
         ("model.moe_layers=[7]", "outside"),
+        # wrong types are caught by the annotations, before torch sees them
+        ("router.top_k=2.5", r"^router.top_k=2.5 must be an integer$"),
+        ("model.moe_layers=[a]", r"^model.moe_layers=\['a'\] must be a list of integers or null$"),
+        ("balance.switch_aux.scope=2", r"^balance.switch_aux.scope=2 must be a string$"),
+        # a part's own refusal is prefixed with the node the user wrote, also for parts built inside the model
+        ("balance.switch_aux.coeff=-1", r"^balance.switch_aux: balancer coeff=-1 must be >= 0$"),
+        ("model.d_model=0", r"^model.d_model=0 must be >= 1$"),
     ],
 )
 def test_bad_values_fail_at_build_time(smoke, override, message):
     with pytest.raises(ValueError, match=message):
         build_model(smoke(override))
+
+
+def test_a_required_argument_missing_from_a_config_names_the_node():
+    config = {"model": {"_target_": "moe.models.DecoderLM", "vocab_size": 8, "d_model": 8, "n_layers": 1,
+                        "n_heads": 2, "d_ff": 8, "max_seq_len": 8, "num_experts": 2},
+              "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "top_k": 1},
+              "experts": {"_target_": "moe.experts.GroupedExperts", "_partial_": True}}
+    with pytest.raises(ValueError, match=r"^router: .*missing 1 required keyword-only argument: 'order'"):
+        build_model(config)

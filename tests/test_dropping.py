@@ -48,7 +48,7 @@ def test_a_large_capacity_factor_drops_nothing():
 
 def test_dropped_tokens_keep_only_their_residual_and_eval_can_be_dropless():
     torch.manual_seed(0)
-    router = TopKRouter(d_model=16, num_experts=4, top_k=1)
+    router = TopKRouter(d_model=16, num_experts=4, top_k=1, order="softmax_then_topk")
     with torch.no_grad():
         router.weight_ED.zero_()
         router.weight_ED[2, 0] = 5.0  # tokens with x_0 > 0 all pick expert 2
@@ -69,5 +69,5 @@ def test_dropped_tokens_keep_only_their_residual_and_eval_can_be_dropless():
                                                  ({"drop_policy": "random"}, "drop_policy='random' is not one of")])
 def test_bad_capacity_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        MoELayer(router=TopKRouter(d_model=8, num_experts=2), experts=GroupedExperts(num_experts=2, d_model=8, d_ff=8),
-                 **kwargs)
+        MoELayer(router=TopKRouter(d_model=8, num_experts=2, order="softmax_then_topk"),
+                 experts=GroupedExperts(num_experts=2, d_model=8, d_ff=8), **kwargs)

@@ -37,7 +37,7 @@ def test_one_expert_top1_model_equals_the_dense_model():
     common = dict(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8)
     torch.manual_seed(1)
     dense = DecoderLM(**common)
-    moe = DecoderLM(**common, num_experts=1, router=functools.partial(TopKRouter, top_k=1),
+    moe = DecoderLM(**common, num_experts=1, router=functools.partial(TopKRouter, top_k=1, order="softmax_then_topk"),
                     experts=GroupedExperts)
     moe.load_state_dict(dense.state_dict(), strict=False)  # everything but the FFNs
     for dense_block, moe_block in zip(dense.blocks, moe.blocks):
@@ -47,7 +47,7 @@ def test_one_expert_top1_model_equals_the_dense_model():
 
 
 def test_shared_expert_is_added_to_the_routed_output():
-    router = TopKRouter(d_model=8, num_experts=4, top_k=2)
+    router = TopKRouter(d_model=8, num_experts=4, top_k=2, order="softmax_then_topk")
     experts = LoopExperts(num_experts=4, d_model=8, d_ff=16)
     shared = SwiGLU(d_model=8, d_ff=12)
     x_BSD = torch.randn(2, 3, 8)

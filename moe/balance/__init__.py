@@ -4,8 +4,7 @@ from moe.balance.aux_free import AuxFreeBalancer
 from moe.balance.base import Balancer
 from moe.balance.importance import ImportanceLoss
 from moe.balance.remoe_l1 import ReMoEL1Loss
-from moe.balance.seq_aux import SeqAuxLoss
 from moe.balance.switch_aux import SwitchAuxLoss
 from moe.balance.z_loss import ZLoss
 
-__all__ = ["AuxFreeBalancer", "Balancer", "ImportanceLoss", "ReMoEL1Loss", "SeqAuxLoss", "SwitchAuxLoss", "ZLoss"]
+__all__ = ["AuxFreeBalancer", "Balancer", "ImportanceLoss", "ReMoEL1Loss", "SwitchAuxLoss", "ZLoss"]

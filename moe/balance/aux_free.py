@@ -37,8 +37,9 @@ that run just to move b by 1/E). A run of 0 steps gets u = 0.
 The proportional rule is normalised by the mean load, so e_i/mean(c̄) = −(relative load violation
 of expert i) is dimensionless and u means the same thing whatever the batch size, E or k (Wang et
 al.'s Table 3 use the raw e_i, whose scale grows with the tokens per step). A step with no counts
-(no training forward) leaves b unchanged. Defaults of the class: u = 1e-3 (Wang et al., V3), rule
-"sign", recenter False; the shipped config uses ``update_rate=auto``. The local counts are a plain
+(no training forward) leaves b unchanged. ``update_rate`` has no default in
+the class: configs/balance/aux_free.yaml sets ``auto``; Wang et al. and V3 use the constant 1e-3 (rule
+"sign", recenter False, the class's defaults). The local counts are a plain
 tensor attribute, not a buffer: they differ between ranks until the all-reduce, and DDP's
 ``broadcast_buffers`` would overwrite them with rank 0's; they are not checkpointed (empty after
 every step anyway). b itself lives in the router and is checkpointed with it.
@@ -63,7 +64,7 @@ TARGETS = ("mean", "top_k")
 
 
 class AuxFreeBalancer(Balancer):
-    def __init__(self, *, coeff: float = 0.0, update_rate: float | str = 1e-3, rule: str = "sign",
+    def __init__(self, *, coeff: float = 0.0, update_rate: float | str, rule: str = "sign",
                  recenter: bool = False, target: str = "mean", run_steps: int | None = None,
                  catch_up_fraction: float = 0.05):
         if coeff != 0:

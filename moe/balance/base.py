@@ -1,4 +1,4 @@
-"""The balancer interface (docs/design-notes.md, "The balancing contract").
+"""The balancer interface (docs/design.md, "The balancing contract").
 
 A balancer is an ``nn.Module`` attached to one MoE layer:
 

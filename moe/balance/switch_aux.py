@@ -4,7 +4,7 @@
 
 with c_i the assignments dispatched to expert i, p_t the softmax over all E experts (``probs_TE``) and
 T the tokens the scope covers. Normalisation: a perfectly balanced router (f_i = P_i = 1/E) scores
-exactly 1.0 before the coefficient, whatever E and k (docs/design-notes.md). Conversions: HF
+exactly 1.0 before the coefficient, whatever E and k (docs/design.md, "The balancing contract"). Conversions: HF
 ``load_balancing_loss_func`` reports k·L (balanced = k); Switch's top-1 loss is L with k = 1.
 
 Scopes (Qiu et al. 2501.11873 call the micro scope "micro-batch LBL"):
@@ -12,8 +12,9 @@ Scopes (Qiu et al. 2501.11873 call the micro scope "micro-batch LBL"):
 - ``micro``: f and P over all T tokens of this forward (the micro-batch on this rank) — the default
   of Megatron, DeepSpeed-MoE, Tutel and MegaBlocks.
 - ``sequence``: the loss of each sequence (f, P over its S tokens), averaged over the B sequences.
-  This is DeepSeek-V3's complementary sequence-wise loss (``moe.balance.SeqAuxLoss``) in this
-  project's normalisation.
+  This is DeepSeek-V3's complementary sequence-wise loss (2412.19437, eqs. 17–20: f_i = E/(k·S)·
+  count_i puts the factor E into f, the same product) in this project's normalisation;
+  ``balance=seq_aux`` is this scope at V3's coefficient α = 1e-4.
 - ``global`` (Qiu et al. 2501.11873, eqs. 4–6 and Algorithm 1, "global-batch LBL"): f comes from the
   counts of the whole global batch seen so far, P stays local. On every *training* forward the layer's
   buffers accumulate the local counts c and the local token count T, each all-reduced (SUM) over the
@@ -64,6 +65,9 @@ class SwitchAuxLoss(Balancer):
             probs_1TE = routing.probs_TE[None]
         else:
             B, S = ctx.batch_size, ctx.seq_len
+            if B * S != routing.num_tokens:
+                raise ValueError(f"switch_aux scope=sequence: batch_size·seq_len = {B}·{S} != tokens "
+                                 f"{routing.num_tokens}")
             sequence_N = torch.div(routing.token_ids_N, S, rounding_mode="floor")
             counts_1E = torch.bincount(sequence_N * E + routing.expert_ids_N, minlength=B * E)
             counts_1E = counts_1E.view(B, E).float()

@@ -167,7 +167,7 @@ def _fit(ids: list[int], mask: list[bool], width: int, eos_id: int) -> tuple[lis
 
 
 def build_chat(
-    *, seq_len: int, data_files: str | list[str], tokenizer: str = "byte", eos_token: str | None = None,
+    *, seq_len: int, data_files: str | list[str], tokenizer: str, eos_token: str | None = None,
     domain_field: str | None = None, val_fraction: float = 0.05, seed: int = 0, cache_dir: str | None = None,
 ) -> DataBundle:
     """Conversations as masked sequences of ``seq_len + 1`` tokens (see the module doc).

@@ -110,7 +110,7 @@ class GroupedExperts(SwiGLUExperts):
             offsets_E = torch.cumsum(tokens_per_expert_E, 0, dtype=torch.int32)
             h_NF = F.silu(grouped_mm(x_ND, w_gate_EDF, offsets_E)) * grouped_mm(x_ND, w_up_EDF, offsets_E)
             return grouped_mm(h_NF, w_down_EFD, offsets_E)
-        # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²·D·F) (docs/design-notes.md)
+        # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²·D·F) (docs/design.md)
         per_expert = zip(
             torch.split(x_ND, tokens_per_expert_E.tolist()),
             w_gate_EDF.unbind(0), w_up_EDF.unbind(0), w_down_EFD.unbind(0),

@@ -23,7 +23,7 @@ class LoopExperts(SwiGLUExperts):
         dtype = compute_dtype(x_TD)
         y_TD = torch.zeros(x_TD.shape, dtype=dtype, device=x_TD.device)
         # unbind, not w[e]: indexing a stacked parameter inside the loop makes backward O(E²·D·F)
-        # (each w[e] backward materialises a full [E, D, F] gradient; docs/design-notes.md "Benchmarks")
+        # (each w[e] backward materialises a full [E, D, F] gradient; docs/design.md "Benchmarks")
         per_expert = zip(*(w.unbind(0) for w in self.stacked_weights(dtype)), strict=True)
         for e, (w_gate_DF, w_up_DF, w_down_FD) in enumerate(per_expert):
             mask_N = routing.expert_ids_N == e

@@ -100,7 +100,8 @@ def deepseek_v3_run_config(cfg: Mapping[str, Any], dense_model: dict[str, Any]) 
         "balance": {
             "aux_free": {"_target_": "moe.balance.AuxFreeBalancer", "_partial_": True, "coeff": 0.0,
                          "update_rate": 0.001, "rule": "sign", "recenter": False},
-            "seq_aux": {"_target_": "moe.balance.SeqAuxLoss", "_partial_": True, "coeff": 0.0001},
+            "seq_aux": {"_target_": "moe.balance.SwitchAuxLoss", "_partial_": True, "coeff": 0.0001,
+                        "scope": "sequence"},
         },
     }
 

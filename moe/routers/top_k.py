@@ -36,7 +36,7 @@ class TopKRouter(Router):
         d_model: int,
         num_experts: int,
         top_k: int = 2,
-        order: str = "softmax_then_topk",
+        order: str,  # no default: which of the two published orders is always the caller's choice
         jitter_eps: float = 0.0,
         init_std: float = 0.02,
         routed_scaling_factor: float = 1.0,

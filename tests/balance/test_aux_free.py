@@ -58,7 +58,8 @@ CTX = BalanceContext(batch_size=1, seq_len=T, layer_index=0)
     (SigmoidRouter, "sign", 2e-3), (SigmoidRouter, "proportional", 1e-2),
 ])
 def test_skewed_router_reaches_max_vio_below_0_1(router_cls, rule, rate):
-    router = skewed(router_cls(d_model=D, num_experts=E, top_k=K))
+    kwargs = {"order": "softmax_then_topk"} if router_cls is TopKRouter else {}
+    router = skewed(router_cls(d_model=D, num_experts=E, top_k=K, **kwargs))
     balancer = AuxFreeBalancer(update_rate=rate, rule=rule).train()
     balancer.attach(router)
     x_TD = inputs()
@@ -100,8 +101,8 @@ def routing_with_counts(counts: list[int]) -> Routing:
 
 
 def attached(**kwargs) -> tuple[AuxFreeBalancer, TopKRouter]:
-    router = TopKRouter(d_model=4, num_experts=4, top_k=1)
-    balancer = AuxFreeBalancer(**kwargs).train()
+    router = TopKRouter(d_model=4, num_experts=4, top_k=1, order="softmax_then_topk")
+    balancer = AuxFreeBalancer(**{"update_rate": 1e-3, **kwargs}).train()
     balancer.attach(router)
     return balancer, router
 
@@ -186,17 +187,17 @@ def test_eval_forwards_do_not_count():
 
 def test_validation_and_attach_errors():
     with pytest.raises(ValueError, match="rule"):
-        AuxFreeBalancer(rule="linear")
+        AuxFreeBalancer(update_rate=1e-3, rule="linear")
     with pytest.raises(ValueError, match="update_rate"):
         AuxFreeBalancer(update_rate=-1.0)
     with pytest.raises(ValueError, match="coeff"):
-        AuxFreeBalancer(coeff=0.01)
+        AuxFreeBalancer(update_rate=1e-3, coeff=0.01)
     with pytest.raises(ValueError, match="recenter"):
-        AuxFreeBalancer(recenter="yes")
+        AuxFreeBalancer(update_rate=1e-3, recenter="yes")
     with pytest.raises(ValueError, match=r"aux_free.target='all' is not one of \('mean', 'top_k'\)"):
-        AuxFreeBalancer(target="all")
+        AuxFreeBalancer(update_rate=1e-3, target="all")
     with pytest.raises(ValueError, match="Linear"):
-        AuxFreeBalancer().attach(nn.Linear(2, 2))
+        AuxFreeBalancer(update_rate=1e-3).attach(nn.Linear(2, 2))
     balancer, router = attached()
     assert balancer.coeff == 0.0 and balancer.update_rate == 1e-3 and balancer.rule == "sign"
     assert not balancer.recenter
@@ -205,16 +206,16 @@ def test_validation_and_attach_errors():
 
 def test_auto_update_rate_lets_the_bias_cross_the_score_scale_in_a_fraction_of_the_run():
     softmax = AuxFreeBalancer(update_rate="auto", run_steps=300)
-    softmax.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    softmax.attach(TopKRouter(d_model=D, num_experts=16, top_k=K, order="softmax_then_topk"))
     assert softmax.update_rate == pytest.approx((1 / 16) / (0.05 * 300))  # 0.0041667: 1/E in 15 steps
     sigmoid = AuxFreeBalancer(update_rate="auto", run_steps=20_000)
     sigmoid.attach(SigmoidRouterWithScale(d_model=D, num_experts=E, top_k=K))
     assert sigmoid.update_rate == pytest.approx(1e-3)  # the papers' constant is this rule at 20k steps
     slower = AuxFreeBalancer(update_rate="auto", run_steps=300, catch_up_fraction=0.5)
-    slower.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    slower.attach(TopKRouter(d_model=D, num_experts=16, top_k=K, order="softmax_then_topk"))
     assert slower.update_rate == pytest.approx(softmax.update_rate / 10)
     still = AuxFreeBalancer(update_rate="auto", run_steps=0)
-    still.attach(TopKRouter(d_model=D, num_experts=16, top_k=K))
+    still.attach(TopKRouter(d_model=D, num_experts=16, top_k=K, order="softmax_then_topk"))
     assert still.update_rate == 0.0
 
 

@@ -93,7 +93,7 @@ def test_malformed_rows_name_file_and_line(tmp_path, bad, message):
 
 def test_missing_files_and_unresolved_auto_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl matches no file"):
-        build_chat(seq_len=32, data_files=str(tmp_path / "nope.jsonl"))
+        build_chat(seq_len=32, data_files=str(tmp_path / "nope.jsonl"), tokenizer="byte")
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "a", "response": "b"}] * 4)
     with pytest.raises(ValueError, match="tokenizer='auto' is resolved by moe.training.run"):
         build_chat(seq_len=32, data_files=path, tokenizer="auto")

@@ -19,7 +19,7 @@ SMALL = dict(vocab_size=50, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_f
 def moe_model(**overrides) -> DecoderLM:
     kwargs = dict(
         SMALL, num_experts=4, expert_d_ff=24, moe_every=2,
-        router=functools.partial(TopKRouter, top_k=2), experts=GroupedExperts,
+        router=functools.partial(TopKRouter, top_k=2, order="softmax_then_topk"), experts=GroupedExperts,
         balancers={"switch_aux": functools.partial(SwitchAuxLoss, coeff=0.01),
                    "z_loss": functools.partial(ZLoss, coeff=0.001)},
     )
@@ -88,7 +88,7 @@ def test_qk_norm_and_bf16_autocast_forward():
         ({"qk_norm": True, "qk_norm_scope": "row"}, "qk_norm_scope='row' is not one of"),
         ({"mlp": "relu"}, "model.mlp='relu' is not one of"),
         ({"mlp": "gelu"}, "MoE experts are SwiGLU"),
-        ({"router": functools.partial(TopKRouter, top_k=5)}, "top_k=5 > num_experts=4"),
+        ({"router": functools.partial(TopKRouter, top_k=5, order="softmax_then_topk")}, "top_k=5 > num_experts=4"),
     ],
 )
 def test_bad_model_config_fails_at_build_time(overrides, message):

@@ -1,4 +1,4 @@
-"""Every router config in configs/router/ honours the Routing contract (docs/design-notes.md) and trains."""
+"""Every router config in configs/router/ honours the Routing contract (docs/design.md) and trains."""
 
 from __future__ import annotations
 

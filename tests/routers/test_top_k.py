@@ -42,11 +42,11 @@ def test_routed_scaling_factor_multiplies_the_weights_and_nothing_else(order):
     assert torch.equal(a.expert_ids_N, b.expert_ids_N) and torch.equal(a.probs_TE, b.probs_TE)
     assert torch.allclose(b.weights_N, 2.0 * a.weights_N)
     with pytest.raises(ValueError, match="router.routed_scaling_factor=0.0 must be > 0"):
-        TopKRouter(d_model=8, num_experts=6, routed_scaling_factor=0.0)
+        TopKRouter(d_model=8, num_experts=6, order="softmax_then_topk", routed_scaling_factor=0.0)
 
 
 def test_jitter_only_while_training_and_within_its_band():
-    router = TopKRouter(d_model=8, num_experts=4, top_k=1, jitter_eps=0.1)
+    router = TopKRouter(d_model=8, num_experts=4, top_k=1, order="softmax_then_topk", jitter_eps=0.1)
     x_TD = torch.randn(32, 8)
     router.eval()
     assert torch.equal(router(x_TD).logits_TE, router(x_TD).logits_TE)
@@ -69,4 +69,4 @@ def test_jitter_only_while_training_and_within_its_band():
 )
 def test_bad_options_fail_at_build_time(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TopKRouter(d_model=4, num_experts=8, **kwargs)
+        TopKRouter(d_model=4, num_experts=8, **{"order": "softmax_then_topk", **kwargs})

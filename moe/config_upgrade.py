@@ -1,0 +1,40 @@
+"""Read a run's ``config.yaml`` written by an earlier moe-lab with today's code.
+
+A checkpoint records the resolved config it was trained with. When a constructor loses a default
+(so that the config files hold the only one) or a class becomes a config of another, configs written
+before the change would no longer build. Each entry below rewrites such a node into what builds the
+same module today; ``moe.checkpoint.read_config`` applies them to every config it reads, so
+``load_model``, resume and ``init.path`` all see upgraded configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Arguments that lost their code default, with the value the code used to fill in.
+FORMER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "moe.routers.TopKRouter": {"order": "softmax_then_topk"},
+    "moe.balance.AuxFreeBalancer": {"update_rate": 1e-3},
+    "moe.data.build_chat": {"tokenizer": "byte"},
+}
+
+# DeepSeek-V3's sequence-wise loss was its own class; it is the Switch loss at sequence scope.
+RENAMED_TARGETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "moe.balance.SeqAuxLoss": ("moe.balance.SwitchAuxLoss", {"scope": "sequence", "coeff": 1e-4}),
+}
+
+
+def upgrade_config(node: Any) -> Any:
+    """A copy of ``node`` with every ``_target_`` node rewritten to build today what it built then."""
+    if isinstance(node, list):
+        return [upgrade_config(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: upgrade_config(value) for key, value in node.items()}
+    target = node.get("_target_")
+    if target in RENAMED_TARGETS:
+        target, former = RENAMED_TARGETS[target]
+        node = {**former, **node, "_target_": target}
+    if target in FORMER_DEFAULTS:
+        node = {**FORMER_DEFAULTS[target], **node}
+    return node
