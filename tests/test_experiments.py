@@ -27,15 +27,14 @@ def sweep_arms(experiment: str) -> list[list[str]]:
 
 
 def test_compare_balance_sweeps_every_scope_and_method_over_three_paired_seeds():
-    arms = ["balance=switch_aux", "balance=[switch_aux,z_loss]", "balance=sequence_aux", "balance=global_aux",
-            "balance=aux_free", "balance=none"]
+    arms = ["balance=switch_aux", "balance=sequence_aux", "balance=global_aux", "balance=aux_free", "balance=none"]
     assert sweep_arms("compare_balance") == [[arm, f"trainer.seed={seed}"] for arm in arms for seed in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("experiment", ["compare_balance", "compare_routers"])
 def test_every_arm_trains(experiment, tmp_path, data_cache):
     arms = [job for job in sweep_arms(experiment) if job[-1] == "trainer.seed=0"]  # the seeds train alike
-    assert len(arms) >= 6
+    assert len(arms) >= 5
     if experiment == "compare_routers":  # three seeds per arm, the same in every arm (paired)
         assert {job[-1] for job in sweep_arms(experiment)} == {f"trainer.seed={s}" for s in (0, 1, 2)}
     for i, arm in enumerate(arms):
