@@ -58,25 +58,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
-    # glibc reads these once at start-up, so they must be in the environment before python starts
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+import torch
+import torch.nn.functional as F
+from allocator import ALLOCATOR_ENV, restart_with_allocator_env
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import moe.experts  # noqa: E402
-from moe.experts import GroupedExperts, LoopExperts  # noqa: E402
-from moe.types import Routing  # noqa: E402
+import moe.experts
+from moe.experts import GroupedExperts, LoopExperts
+from moe.types import Routing
 
 CapacityExperts = getattr(moe.experts, "CapacityExperts", None)
 D_MODEL, D_FF, CHUNK = 256, 512, 256
@@ -266,6 +259,7 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
 
 
 def main() -> None:
+    restart_with_allocator_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="two configurations (T=2048, k=2; E=8 uniform, E=64 skewed), < 1 min on a quiet "

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moe.analysis.paired import paired_difference, pooled_std  # noqa: E402
+from moe.analysis.paired import paired_difference, pooled_std
 
 
 def final_losses(paths: list[Path]) -> tuple[dict[str, dict[int, float]], list[str]]:

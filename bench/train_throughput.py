@@ -31,23 +31,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+import torch
+import yaml
+from allocator import ALLOCATOR_ENV, restart_with_allocator_env
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from moe.models.build import build_model
+from moe.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from moe.models.build import build_model  # noqa: E402
-from moe.optim import build_optimizer  # noqa: E402
 
 BATCH, SEQ = 8, 256
 
@@ -85,6 +80,7 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def main() -> None:
+    restart_with_allocator_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 warm-up + 4 timed steps (< 1 min eager)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile-d copies")

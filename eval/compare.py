@@ -42,15 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from compare_plot import plot_curves, read_records
+from model_and_data import eval_data, load
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_plot import plot_curves, read_records  # noqa: E402
-from model_and_data import eval_data, load  # noqa: E402
-
-from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise  # noqa: E402
-from moe.analysis.paired import check_pairing, paired_difference, pooled_std  # noqa: E402
-from moe.checkpoint import read_config  # noqa: E402
-from moe.evaluation import eval_indices  # noqa: E402
+from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise
+from moe.analysis.paired import check_pairing, paired_difference, pooled_std
+from moe.checkpoint import read_config
+from moe.evaluation import eval_indices
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:

@@ -7,10 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # no pyplot: files only, no display, no global figure state
 
 
 def read_records(run: Path) -> list[dict]:
@@ -36,7 +33,8 @@ def _plot_band(ax, curve: list[tuple[int, float, float]], label: str, **style) -
 
 def plot_curves(arms: dict[str, list[Path]], out: Path) -> None:
     """Train and val loss per arm: the mean over its seeds, in a band of ± one seed std."""
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax_train, ax_val = fig.subplots(1, 2)
     for arm, runs in arms.items():
         label = arm if len(runs) == 1 else f"{arm} (mean ± std of {len(runs)} seeds)"
         if train := _mean_curve(runs, "lm_loss"):
@@ -50,4 +48,3 @@ def plot_curves(arms: dict[str, list[Path]], out: Path) -> None:
     ax_val.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)

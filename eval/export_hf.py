@@ -15,10 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from moe.interop.hf_export import ARCHITECTURES
+from moe.interop.save_hf import save_hf
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from moe.interop.hf_export import ARCHITECTURES  # noqa: E402
-from moe.interop.save_hf import save_hf  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,25 +12,22 @@ Sequences never exceed the model's ``max_seq_len``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+from moe.checkpoint import read_config, resolve_checkpoint
+from moe.data import DataBundle
+from moe.finetune import resolve_tokenizer
+from moe.interop.hf_dense import hf_run_config, is_hf_model_dir
+from moe.interop.tokenizer_export import is_byte_tokenizer_json
+from moe.loading import load_model
+from moe.spec import instantiate
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch import nn  # noqa: E402
-
-from moe.checkpoint import read_config, resolve_checkpoint  # noqa: E402
-from moe.data import DataBundle  # noqa: E402
-from moe.finetune import resolve_tokenizer  # noqa: E402
-from moe.interop.hf_dense import hf_run_config, is_hf_model_dir  # noqa: E402
-from moe.interop.tokenizer_export import is_byte_tokenizer_json  # noqa: E402
-from moe.loading import load_model  # noqa: E402
-from moe.spec import instantiate  # noqa: E402
 
 
 def compose_config(overrides: list[str]) -> dict[str, Any]:

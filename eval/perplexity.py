@@ -24,13 +24,11 @@ import sys
 from pathlib import Path
 
 import torch
+from model_and_data import eval_data, load
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_and_data import eval_data, load  # noqa: E402
-
-from moe.checkpoint import read_config, resolve_checkpoint  # noqa: E402
-from moe.evaluation import evaluate  # noqa: E402
+from moe.checkpoint import read_config, resolve_checkpoint
+from moe.evaluation import evaluate
 
 DEFAULT_SEQUENCES_PER_DOMAIN = None  # trainer.eval_sequences_per_domain's default: the whole split
 

@@ -26,21 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure  # no pyplot: files only, no display, no global figure state
+from model_and_data import eval_data, load
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_and_data import eval_data, load  # noqa: E402
-
-from moe.analysis import collect_routing, summarise  # noqa: E402
-from moe.checkpoint import list_checkpoints  # noqa: E402
-from moe.evaluation import eval_indices  # noqa: E402
+from moe.analysis import collect_routing, summarise
+from moe.checkpoint import list_checkpoints
+from moe.evaluation import eval_indices
 
 SCALARS = {  # report.json key → column title
     "max_vio": "MaxVio", "load_entropy": "load entropy", "dead_experts": "dead", "domain_mi": "I(domain; expert)",
@@ -56,10 +52,11 @@ def default_earlier(path: Path) -> Path | None:
     return checkpoints[0] if len(checkpoints) > 1 else None
 
 
-def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+def _grid(n: int) -> tuple[Figure, list[Axes]]:
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.6 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, list(axes.flat[:n])
@@ -69,15 +66,15 @@ def plot_load_heatmap(summaries, out: Path) -> None:
     layers = sorted(summaries)
     E = len(summaries[layers[0]].load_share_E)
     relative_LE = torch.stack([summaries[layer].load_share_E * E for layer in layers])
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * E + 2), max(2.5, 0.45 * len(layers) + 1.5)))
+    fig = Figure(figsize=(max(4.0, 0.45 * E + 2), max(2.5, 0.45 * len(layers) + 1.5)))
+    ax = fig.subplots()
     # diverging around the fair share: blue under-used, white balanced, red over-used
-    norm = matplotlib.colors.TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, float(relative_LE.max())))
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, float(relative_LE.max())))
     image = ax.imshow(relative_LE.numpy(), cmap="coolwarm", norm=norm)
     ax.set(xlabel="expert", ylabel="layer", title="load / fair share", yticks=range(len(layers)), yticklabels=layers)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def plot_matrices(summaries, attribute: str, title: str, ylabels, out: Path, vmax: float | None = None) -> None:
@@ -93,7 +90,6 @@ def plot_matrices(summaries, attribute: str, title: str, ylabels, out: Path, vma
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def to_markdown(path: str, header: dict, summaries, plots: dict[str, str]) -> str:

@@ -30,10 +30,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from moe.analysis.paired import paired_difference
+from moe.training import run
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from moe.analysis.paired import paired_difference  # noqa: E402
-from moe.training import run  # noqa: E402
 
 
 def train(run_dir: Path, *overrides: str) -> dict:

@@ -1,6 +1,7 @@
 """The comparison experiments: every arm of each sweep composes and trains (on a shrunken model)."""
 
 import itertools
+import math
 
 import pytest
 from conftest import CONFIGS, compose
@@ -12,7 +13,7 @@ from moe.training import run
 
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64",
         "model.max_seq_len=32", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.save_every=2",
-        "trainer.eval_sequences_per_domain=2", "logger=none"]
+        "trainer.eval_sequences_per_domain=2", "optim.warmup_steps=0", "optim.lr=1e-2", "logger=none"]
 
 
 def sweep_arms(experiment: str) -> list[list[str]]:
@@ -31,6 +32,7 @@ def test_compare_balance_sweeps_every_scope_and_method_over_three_paired_seeds()
     assert sweep_arms("compare_balance") == [[arm, f"trainer.seed={seed}"] for arm in arms for seed in (0, 1, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["compare_balance", "compare_routers"])
 def test_every_arm_trains(experiment, tmp_path, data_cache):
     arms = [job for job in sweep_arms(experiment) if job[-1] == "trainer.seed=0"]  # the seeds train alike
@@ -41,7 +43,8 @@ def test_every_arm_trains(experiment, tmp_path, data_cache):
         config = compose(f"experiment={experiment}", *arm, *TINY, f"data.cache_dir={data_cache}",
                          run_dir=tmp_path / str(i))
         summary = run(config)
-        assert summary["step"] == 2 and summary["val_loss"] < 6.0, arm
+        # an untrained byte model scores about ln 257 = 5.55 nats; two steps at lr 1e-2 reach 4.97-5.03
+        assert summary["step"] == 2 and summary["val_loss"] < math.log(257) - 0.4, (arm, summary["val_loss"])
         if experiment == "compare_routers":  # matched active parameters: the shared 384 + 2 × 192 (or 1 × 384)
             k = config["router"].get("top_k") or config["router"].get("capacity_factor") or 1
             model = config["model"]

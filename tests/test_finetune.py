@@ -152,6 +152,7 @@ def make_hf_mixtral(directory: Path) -> int:
     return tok.get_vocab_size()
 
 
+@pytest.mark.slow
 def test_fine_tuning_an_hf_mixtral_trains_only_its_experts_and_reloads(chat_file, tmp_path):
     hf_dir = tmp_path / "hf"
     vocab = make_hf_mixtral(hf_dir)

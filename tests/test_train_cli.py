@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import compose
 
@@ -95,6 +96,7 @@ def test_help_lists_every_group_with_its_choices_and_every_key_with_its_meaning(
     assert "model.KEY=VALUE (configs/model/moe_tiny.yaml)" in done.stdout and "  num_experts: 16 " in done.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_resumed_longer_continues_in_its_own_job_folders(tmp_path, data_cache):
     base = [sys.executable, str(REPO / "train.py"), "-m", "balance=switch_aux,none", "experiment=smoke",
             "trainer.progress=false", f"data.cache_dir={data_cache}", f"run_dir={tmp_path / 'cmp'}"]

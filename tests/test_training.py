@@ -72,6 +72,7 @@ def test_training_on_local_hf_files(smoke, tmp_path):
     assert summary["step"] == 10 and list(summary["val_domain_losses"]) == ["val/corpus/loss"]
 
 
+@pytest.mark.slow
 def test_compiled_moe_layers_train_like_eager_ones(smoke, tmp_path):
     overrides = ("trainer.max_steps=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.save_every=2")
     run(smoke(*overrides, run_dir=tmp_path / "eager"))

@@ -47,7 +47,9 @@ class SwiGLUExperts(nn.Module):
         num_experts: E, routed experts.
         d_model: D, model width.
         d_ff: F, each expert's hidden width.
-        init_std: std of the normal init of all three stacks (the model may rescale w_down later).
+        init_std: std of the normal init of all three stacks, for experts built on their own. Inside
+            ``DecoderLM`` every expert weight is redrawn from ``model.init_std`` (w_down scaled for
+            depth), so this is not a config knob: configs/experts/ does not set it.
     """
 
     def __init__(self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02):

@@ -24,6 +24,7 @@ def table_rows(out: Path) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.slow
 def test_upcycle_demo_writes_its_table(tmp_path):
     out = tmp_path / "demo"
     done = demo(out)
