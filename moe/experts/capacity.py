@@ -25,14 +25,11 @@ Cost and when it pays:
 - Memory: the buffers x_ECD, the two [E, C, F] projections and out_ECD hold E·C rows instead of N,
   i.e. E·C·(2D + 3F) activations kept for backward versus N·(2D + 3F) for the sorted backends — the
   padding overhead is E·C/N. With C from the busiest expert and skewed routing E·C can approach E·N
-  (every expert padded to the hottest one): we measured padding without a capacity limit
-  10-30x slower under skew.
+  (every expert padded to the hottest one), which makes it many times slower under skew.
 - Speed: fast when routing is near-balanced (E·C ≈ N) — one bmm per projection, no per-expert
   dispatch, and a fixed shape per step — especially with many small experts, where the sorted loop
   pays per-expert overhead, and in bf16 on CPU, where every new matrix shape costs setup time and
-  ``pad_multiple: 64`` keeps the shapes few. Quick fwd+bwd timing on the 2-core CPU
-  (T=4096, E=8, k=2, D=192, F=384, uniform random top-k): fp32 47 ms vs GroupedExperts 46 ms;
-  bf16 autocast 18.5 ms vs 20.5 ms; a fixed capacity_factor=1.25 adds the padding cost (59 / 21 ms).
+  ``pad_multiple: 64`` keeps the shapes few (the timings: bench/README.md, "The capacity backend").
 """
 
 from __future__ import annotations

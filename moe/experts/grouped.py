@@ -11,12 +11,9 @@ tokens_per_expert_E), chosen by ``impl``:
 - ``"auto"`` (default): ``grouped_mm`` whenever it can run here (torch has it, the dtype and row
   strides fit, a one-time forward+backward probe on this device and dtype passed, not inside
   ``torch.compile``, where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold,
-  because none paid off. Measured with ``bench/dispatch.py`` on the 2-core CPU (torch 2.13, fwd+bwd,
-  random top-k routing, 64 to 4096 rows per expert, fp32 and bf16 autocast): with few rows per expert
-  the loop pays per-expert dispatch overhead and grouped_mm is 10-20% faster (T=2048, E=64, k=2:
-  62 vs 76 ms fp32, 56 vs 66 ms bf16); with ≥ 1024 rows the two tie in fp32 (the loop 0.5-2.5%
-  faster, within run-to-run noise; 142 vs 145 ms at T=8192, E=8, k=2) while grouped_mm stays ahead
-  in bf16 (58 vs 62 ms).
+  because none paid off: with few rows per expert the loop pays per-expert dispatch overhead and
+  grouped_mm is faster; with many rows the two tie in fp32 and grouped_mm stays ahead in bf16
+  (the timings: bench/README.md, "grouped_mm against the sorted loop").
 """
 
 from __future__ import annotations
