@@ -5,8 +5,12 @@ Shape legend used in tensor names throughout ``moe/``:
     B  batch (sequences)            S  sequence length          T  tokens = B·S (flattened)
     D  d_model                      F  expert (or FFN) hidden   V  vocabulary
     E  number of routed experts     K  top-k                    N  assignments (T·K for token
-    H  attention heads              G  key/value heads             choice, E·C for expert choice)
-    C  expert capacity              L  layers
+    C  expert capacity              L  layers                      choice, E·C for expert choice)
+    G  groups (of experts, or the balance scope's token groups)
+    H  attention (query) heads      J  key/value heads          d  head dim
+    R  RoPE frequencies (d/2)       P  a router's projection    m  members of a cluster (carving)
+    q, n, r, v  MLA per-head dims: query/key, its no-RoPE part, its RoPE part, value
+    X, Y  a generic input / output width (helpers that serve several of the above)
 
 A router maps ``x_TD`` to one :class:`Routing`: a flat list of (token, expert, weight) assignments
 plus the dense scores. Because the list is flat, token choice, expert choice and token dropping all

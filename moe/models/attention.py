@@ -2,8 +2,8 @@
 (RoPE, Su et al. 2104.09864) and optional QK-norm (RMSNorm over each head's queries and keys,
 as in OLMoE / Qwen3).
 
-H query heads share G = n_kv_heads key/value heads (H % G == 0); G = H is multi-head attention,
-G = 1 multi-query attention.
+H query heads share J = n_kv_heads key/value heads (H % J == 0); J = H is multi-head attention,
+J = 1 multi-query attention.
 """
 
 from __future__ import annotations
@@ -90,15 +90,15 @@ class Attention(nn.Module):
             q_BSX = self.q_norm(q_BSX.float()).to(q_BSX.dtype)
             kv_BSY = torch.cat((self.k_norm(k_BSX.float()).to(k_BSX.dtype), v_BSX), dim=-1)
         q_BHSd = q_BSX.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BGSd, v_BGSd = kv_BSY.view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k_BJSd, v_BJSd = kv_BSY.view(B, S, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None and not self.qk_norm_full:
             # in float32: under bf16 autocast the projections are bf16 while the norm gains stay fp32
             q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
-            k_BGSd = self.k_norm(k_BGSd.float()).to(k_BGSd.dtype)
+            k_BJSd = self.k_norm(k_BJSd.float()).to(k_BJSd.dtype)
         if self.rope:
             cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
-            q_BHSd, k_BGSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BGSd, cos_SR, sin_SR)
+            q_BHSd, k_BJSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BJSd, cos_SR, sin_SR)
         out_BHSd = F.scaled_dot_product_attention(
-            q_BHSd, k_BGSd, v_BGSd, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+            q_BHSd, k_BJSd, v_BJSd, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
         )
         return self.o_proj(out_BHSd.transpose(1, 2).reshape(B, S, -1))
