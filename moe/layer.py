@@ -19,7 +19,7 @@ from torch import nn
 
 from moe.balance.base import Balancer
 from moe.dropping import check_capacity_options, drop_over_capacity
-from moe.types import BalanceContext, Routing
+from moe.types import BalanceContext, ReadsTokenIds, Routing, supports
 
 
 @dataclass
@@ -63,7 +63,7 @@ class MoELayer(nn.Module):
         """``token_ids_BS`` (the input ids) reach routers that route by token id (``uses_token_ids``)."""
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
-        if getattr(self.router, "uses_token_ids", False):
+        if supports(self.router, ReadsTokenIds) and self.router.uses_token_ids:
             if token_ids_BS is None:
                 raise ValueError(f"{type(self.router).__name__} routes by token id: pass token_ids_BS")
             routing = self.router(x_TD, token_ids_BS.reshape(B * S))

@@ -20,6 +20,7 @@ look the same to experts and balancers, which therefore never branch on the rout
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -97,3 +98,57 @@ class BalanceContext:
     batch_size: int
     seq_len: int
     layer_index: int
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a router can do beyond ``forward(x_TD) -> Routing``. The parts that need one of these abilities
+# (the MoE layer, the aux_free balancer, upcycling, carving, HF export) ask ``supports(router, P)``
+# instead of probing attribute names one by one.
+
+
+class ReadsTokenIds(Protocol):
+    """Routes by token id: called as ``forward(x_TD, token_ids_T)`` (hash routing)."""
+
+    uses_token_ids: bool
+
+
+class HasSelectionBias(Protocol):
+    """Chooses experts by score + ``selection_bias_E`` [E], the buffer the aux_free balancer moves."""
+
+    selection_bias_E: torch.Tensor
+
+
+class DeclaresScoreScale(Protocol):
+    """Knows the size of the scores its selection bias is added to (aux_free's run-length rule)."""
+
+    def selection_score_scale(self) -> float | None: ...
+
+
+class LinearScored(Protocol):
+    """Scores tokens with one linear map ``weight_ED`` [E, D] (virtual-group upcycling repeats its rows)."""
+
+    weight_ED: torch.Tensor
+
+
+class TopKGated(Protocol):
+    """Picks ``top_k`` experts per token with one of the two published gate orders (``order``)."""
+
+    top_k: int
+    order: str
+
+
+class TakesRepresentatives(Protocol):
+    """Scores with representative neurons that carving fills in (CMoE)."""
+
+    def set_representatives(self, gate_ED: torch.Tensor, up_ED: torch.Tensor) -> None: ...
+
+
+def supports(module: object, protocol: type) -> bool:
+    """Whether ``module`` has every member ``protocol`` declares.
+
+    Not ``isinstance`` with ``typing.runtime_checkable``: from Python 3.12 that looks members up with
+    ``inspect.getattr_static``, which does not see an ``nn.Module``'s parameters and buffers.
+    """
+    members = set(getattr(protocol, "__annotations__", {}))
+    members |= {name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")}
+    return all(hasattr(module, name) for name in members)

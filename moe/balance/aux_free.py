@@ -57,7 +57,7 @@ from torch import nn
 
 from moe.balance.base import Balancer
 from moe.balance.counts import all_reduce_sum, local_counts_E
-from moe.types import BalanceContext, Routing
+from moe.types import BalanceContext, DeclaresScoreScale, HasSelectionBias, Routing, supports
 
 RULES = ("sign", "proportional")
 TARGETS = ("mean", "top_k")
@@ -97,8 +97,7 @@ class AuxFreeBalancer(Balancer):
         self.__dict__["_router"] = None
 
     def attach(self, router: nn.Module) -> None:
-        bias = getattr(router, "selection_bias_E", None)
-        if not isinstance(bias, torch.Tensor):
+        if not supports(router, HasSelectionBias) or not isinstance(router.selection_bias_E, torch.Tensor):
             raise ValueError(
                 f"aux_free needs a router with a selection_bias_E buffer; {type(router).__name__} has none"
             )
@@ -108,7 +107,7 @@ class AuxFreeBalancer(Balancer):
 
     def auto_update_rate(self, router: nn.Module) -> float:
         """u = S / (f · run_steps): b can cross the router's score scale S in a fraction f of the run."""
-        scale = getattr(router, "selection_score_scale", lambda: None)()
+        scale = router.selection_score_scale() if supports(router, DeclaresScoreScale) else None
         if scale is None:
             raise ValueError(f"aux_free.update_rate=auto needs the scale of {type(router).__name__}'s selection "
                              "scores, which it does not define; set aux_free.update_rate to a number")

@@ -20,6 +20,7 @@ from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mla import MLAttention
 from moe.routers.sigmoid import SigmoidRouter
 from moe.routers.top_k import TopKRouter
+from moe.types import TopKGated, supports
 
 EXPORTABLE_ROUTERS = ("TopKRouter (router=top_k) → mixtral, qwen2_moe, qwen3_moe, olmoe; "
                       "SigmoidRouter (router=sigmoid) → deepseek_v3")
@@ -186,7 +187,8 @@ def _finish_facts(model: DecoderLM, facts: ModelFacts) -> ModelFacts:
     facts.num_experts = _single({layer.experts.num_experts for _, layer in moe}, "num_experts")
     facts.top_k = _single({layer.router.top_k for _, layer in moe}, "router.top_k")
     facts.expert_d_ff = _single({layer.experts.d_ff for _, layer in moe}, "the expert width expert_d_ff")
-    facts.order = _single({getattr(layer.router, "order", "") for _, layer in moe}, "router.order")
+    facts.order = _single({layer.router.order if supports(layer.router, TopKGated) else "" for _, layer in moe},
+                          "router.order")
     facts.shared_d_ff = _single({0 if layer.shared_expert is None else layer.shared_expert.ffn.gate.out_features
                                  for _, layer in moe}, "the shared expert")
     facts.shared_gate = _single({layer.shared_expert is not None and layer.shared_expert.gate is not None

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe.types import TakesRepresentatives, supports
+
 PARTITIONS = ("random", "cluster")
 _CALIBRATION_BATCH = 32  # sequences per forward pass while collecting FFN inputs
 
@@ -205,7 +207,7 @@ def fill_layer(dense_ffn: nn.Module, layer: nn.Module, shared: torch.Tensor, gro
         ffn.gate.weight.copy_(gate_FD[shared])
         ffn.up.weight.copy_(up_FD[shared])
         ffn.down.weight.copy_(down_DF[:, shared])
-    if reps_E is not None and hasattr(layer.router, "set_representatives"):
+    if reps_E is not None and supports(layer.router, TakesRepresentatives):
         layer.router.set_representatives(gate_FD[reps_E], up_FD[reps_E])
 
 
@@ -249,7 +251,7 @@ def carve_model(dense: nn.Module, model: nn.Module, *, method: str, calibration:
         shared_d_ff = layer.shared_expert.ffn.gate.weight.shape[0] // num_shared
     check_sizes(d_ff=dense.blocks[0].ffn.gate.weight.shape[0], num_experts=E, expert_d_ff=m,
                 num_shared=num_shared, shared_d_ff=shared_d_ff)
-    analytic_router = hasattr(layer.router, "set_representatives")
+    analytic_router = supports(layer.router, TakesRepresentatives)
     needs_markers = method == "carve" or num_shared > 0 or analytic_router
     was_training = model.training
     model.eval()

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from moe.loading import load_model
+from moe.types import LinearScored, TopKGated, supports
 from moe.upcycle import carve
 from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
 
@@ -114,7 +115,7 @@ class Upcycle:
         if self.output_scale != "auto":
             return float(self.output_scale)
         E, G, k = layer.experts.num_experts, self.granularity, getattr(layer.router, "top_k", None)
-        if getattr(layer.router, "order", None) == "softmax_then_topk":
+        if supports(layer.router, TopKGated) and layer.router.order == "softmax_then_topk":
             return E * G / k  # Megatron's _get_moe_activation_scale for pre-softmax routing
         return float(G)  # the k renormalised weights spread over whole groups of G shards
 
@@ -160,7 +161,7 @@ class Upcycle:
         """Virtual groups: expert r·G + g shares router row r, so top-k picks whole groups."""
         G, router = self.granularity, layer.router
         k = getattr(router, "top_k", None)
-        if not hasattr(router, "weight_ED"):
+        if not supports(router, LinearScored):
             raise ValueError(f"init.method=virtual_group needs a linear router; {type(router).__name__} has none")
         if k is None or k % G:
             raise ValueError(
