@@ -52,6 +52,8 @@ class MoELayer(nn.Module):
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.drop_policy = drop_policy
         self.router = router
+        # decided once here, not on every forward
+        self.routes_by_token_id = supports(router, ReadsTokenIds) and bool(router.uses_token_ids)
         self.experts = experts
         self.balancers = nn.ModuleDict(dict(balancers or {}))
         for balancer in self.balancers.values():
@@ -63,7 +65,7 @@ class MoELayer(nn.Module):
         """``token_ids_BS`` (the input ids) reach routers that route by token id (``uses_token_ids``)."""
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
-        if supports(self.router, ReadsTokenIds) and self.router.uses_token_ids:
+        if self.routes_by_token_id:
             if token_ids_BS is None:
                 raise ValueError(f"{type(self.router).__name__} routes by token id: pass token_ids_BS")
             routing = self.router(x_TD, token_ids_BS.reshape(B * S))

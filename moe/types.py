@@ -19,6 +19,7 @@ look the same to experts and balancers, which therefore never branch on the rout
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,6 +150,11 @@ def supports(module: object, protocol: type) -> bool:
     Not ``isinstance`` with ``typing.runtime_checkable``: from Python 3.12 that looks members up with
     ``inspect.getattr_static``, which does not see an ``nn.Module``'s parameters and buffers.
     """
-    members = set(getattr(protocol, "__annotations__", {}))
-    members |= {name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")}
-    return all(hasattr(module, name) for name in members)
+    return all(hasattr(module, name) for name in _members(protocol))
+
+
+@functools.cache
+def _members(protocol: type) -> frozenset[str]:
+    """The attributes and methods a capability Protocol declares."""
+    methods = {name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")}
+    return frozenset(getattr(protocol, "__annotations__", {})) | methods
