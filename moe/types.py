@@ -102,9 +102,10 @@ class BalanceContext:
 
 
 # ---------------------------------------------------------------------------------------------------
-# What a router can do beyond ``forward(x_TD) -> Routing``. The parts that need one of these abilities
-# (the MoE layer, the aux_free balancer, upcycling, carving, HF export) ask ``supports(router, P)``
-# instead of probing attribute names one by one.
+# What a router (or its scorer) can do beyond ``forward(x_TD) -> Routing``. The parts that need one of
+# these abilities (the MoE layer, the aux_free balancer, upcycling, carving, HF export) ask
+# ``supports(router, P)`` — or ``supports(router.scorer, P)`` for the scorer's — instead of probing
+# attribute names one by one.
 
 
 class ReadsTokenIds(Protocol):
@@ -125,8 +126,14 @@ class DeclaresScoreScale(Protocol):
     def selection_score_scale(self) -> float | None: ...
 
 
+class Scored(Protocol):
+    """Has a ``scorer`` module mapping x_TD to scores [T, E] (every learned router, moe/routers/base.py)."""
+
+    scorer: torch.nn.Module
+
+
 class LinearScored(Protocol):
-    """Scores tokens with one linear map ``weight_ED`` [E, D] (virtual-group upcycling repeats its rows)."""
+    """A scorer that is one linear map ``weight_ED`` [E, D] (virtual-group upcycling repeats its rows)."""
 
     weight_ED: torch.Tensor
 
@@ -139,7 +146,7 @@ class TopKGated(Protocol):
 
 
 class TakesRepresentatives(Protocol):
-    """Scores with representative neurons that carving fills in (CMoE)."""
+    """A scorer of representative neurons that carving fills in (CMoE)."""
 
     def set_representatives(self, gate_ED: torch.Tensor, up_ED: torch.Tensor) -> None: ...
 

@@ -50,8 +50,8 @@ def test_dropped_tokens_keep_only_their_residual_and_eval_can_be_dropless():
     torch.manual_seed(0)
     router = TopKRouter(d_model=16, num_experts=4, top_k=1, order="softmax_then_topk")
     with torch.no_grad():
-        router.weight_ED.zero_()
-        router.weight_ED[2, 0] = 5.0  # tokens with x_0 > 0 all pick expert 2
+        router.scorer.weight_ED.zero_()
+        router.scorer.weight_ED[2, 0] = 5.0  # tokens with x_0 > 0 all pick expert 2
     experts = GroupedExperts(num_experts=4, d_model=16, d_ff=16)
     layer = MoELayer(router=router, experts=experts, capacity_factor=1.0, eval_capacity_factor=None)
     x_BSD = torch.randn(1, 32, 16)

@@ -149,7 +149,7 @@ def deepseek_v3_tensor_map(model_cfg: Mapping[str, Any], *, rope_interleave: boo
         if i < model_cfg["moe_first_dense"]:
             names.update(swiglu_names(ffn, mlp))
             continue
-        names[f"{ffn}.router.weight_ED"] = ([f"{mlp}.gate.weight"], same)
+        names[f"{ffn}.router.scorer.weight_ED"] = ([f"{mlp}.gate.weight"], same)
         names[f"{ffn}.router.selection_bias_E"] = ([f"{mlp}.gate.e_score_correction_bias"], same)
         names.update(routed_expert_names(ffn, mlp, E))
         if model_cfg["num_shared_experts"]:

@@ -57,7 +57,7 @@ bias), ``mlp.experts.{e}.*``, ``mlp.shared_experts.*``. The MLA latent norms' ε
 Common to every target: our ``kv_proj`` rows are [K heads; V heads] → ``k_proj``, ``v_proj``; expert
 stacks ``w_*_EDF`` / ``w_down_EFD`` ([E, in, out], "x @ w") → per expert ``nn.Linear`` weights [out, in]
 (Mixtral ``w1``/``w3``/``w2``, others ``gate_proj``/``up_proj``/``down_proj``); the router's
-``weight_ED`` → ``gate.weight``; ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
+``scorer.weight_ED`` → ``gate.weight``; ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
 ``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32.
 
 Refused (ValueError, naming the option and what would export): routers other than TopKRouter and
@@ -322,7 +322,7 @@ def _gpt2_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
 
 
 def _moe_tensors(arch: str, layer: MoELayer, prefix: str, f: ModelFacts) -> dict[str, torch.Tensor]:
-    t = {f"{prefix}.gate.weight": layer.router.weight_ED}
+    t = {f"{prefix}.gate.weight": layer.router.scorer.weight_ED}
     names = ("w1", "w3", "w2") if arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
     stacks = (layer.experts.w_gate_EDF, layer.experts.w_up_EDF, layer.experts.w_down_EFD)
     for name, stack in zip(names, stacks):

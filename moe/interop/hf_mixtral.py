@@ -66,6 +66,6 @@ def mixtral_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[str
     names: dict[str, tuple[list[str], Callable[..., torch.Tensor]]] = {}
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}.block_sparse_moe", f"blocks.{i}.ffn"
-        names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], same)
+        names[f"{ours}.router.scorer.weight_ED"] = ([f"{hf}.gate.weight"], same)
         names.update(routed_expert_names(ours, hf, E, (("w_gate_EDF", "w1"), ("w_up_EDF", "w3"), ("w_down_EFD", "w2"))))
     return names

@@ -54,7 +54,7 @@ def qwen2_moe_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[s
         if i not in model_cfg["moe_layers"]:
             names.update(swiglu_names(ours, hf))
             continue
-        names[f"{ours}.router.weight_ED"] = ([f"{hf}.gate.weight"], same)
+        names[f"{ours}.router.scorer.weight_ED"] = ([f"{hf}.gate.weight"], same)
         names.update(routed_expert_names(ours, hf, E))
         if model_cfg["num_shared_experts"]:
             names.update(swiglu_names(f"{ours}.shared_expert.ffn", f"{hf}.shared_expert"))

@@ -1,58 +1,49 @@
 """CMoE's training-free analytic router (Pei et al. 2502.04416, step 6).
 
 Expert e is scored by one representative neuron r_e of its cluster, with stored L2-normalised rows
-û_e = up_{r_e}/‖up_{r_e}‖ and ĝ_e = gate_{r_e}/‖gate_{r_e}‖ (buffers ``up_ED`` / ``gate_ED``: fixed, no
-gradient, saved in checkpoints):
+û_e = up_{r_e}/‖up_{r_e}‖ and ĝ_e = gate_{r_e}/‖gate_{r_e}‖ (the router's ``scorer``, a
+:class:`moe.routers.scorers.RepresentativeScorer`: buffers ``up_ED`` / ``gate_ED``, fixed, no gradient,
+saved in checkpoints):
 
     score_e(x) = |(x̂·û_e) · SiLU(x̂·ĝ_e)|,    s = softmax_e(score),    chosen = TopK(s + b),
     w_e = 1 + s_e·u_e  for the chosen experts,
 
 with x̂ = x/‖x‖ (the calibration activations that defined the clusters are computed from x̂ too; the
-METHODS text leaves x unnormalised — a documented choice) and b = ``selection_bias_E`` (selection only,
-moved by ``balance=aux_free``). u is the only learned parameter, a [E] vector initialised to zero, so at
-init the chosen experts are summed unweighted: with every expert chosen a carved layer is exactly the
-dense FFN. Gradients reach u (and nothing else) through the weights. All in float32 with autocast off.
-``probs_TE`` = s, ``logits_TE`` = the scores. Built from scratch the representative rows are random
-unit vectors; ``init=upcycle init.method=carve`` fills them (moe/upcycle/carve.py). Note w_e < 0 is
-possible once u_e < −1/s_e.
+formula as published leaves x unnormalised — a documented choice) and b = ``selection_bias_E``
+(selection only, moved by ``balance=aux_free``). u is the only learned parameter, a [E] vector
+initialised to zero, so at init the chosen experts are summed unweighted: with every expert chosen a
+carved layer is exactly the dense FFN. Gradients reach u (and nothing else) through the weights. All
+in float32 with autocast off. ``probs_TE`` = s, ``logits_TE`` = the scores. Built from scratch the
+representative rows are random unit vectors; ``init=upcycle init.method=carve`` fills them
+(moe/upcycle/carve.py). Note w_e < 0 is possible once u_e < −1/s_e.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from moe.routers.base import Router, check_router_sizes
+from moe.routers.base import Router
+from moe.routers.scorers import RepresentativeScorer
 from moe.types import Routing
 
 
 class CMoERouter(Router):
+    LEGACY_KEYS = {"gate_ED": "scorer.gate_ED", "up_ED": "scorer.up_ED"}
+
     def __init__(self, *, d_model: int, num_experts: int, top_k: int = 2):
-        nn.Module.__init__(self)  # no linear weight_ED: the scorer is the representative neurons
-        check_router_sizes(d_model=d_model, num_experts=num_experts, top_k=top_k)
-        self.d_model, self.num_experts, self.top_k = d_model, num_experts, top_k
-        self.register_buffer("gate_ED", torch.empty(num_experts, d_model))
-        self.register_buffer("up_ED", torch.empty(num_experts, d_model))
-        self.register_buffer("selection_bias_E", torch.zeros(num_experts))
+        super().__init__(scorer=RepresentativeScorer(d_model=d_model, num_experts=num_experts),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
         self.u_E = nn.Parameter(torch.zeros(num_experts))
-        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        self.set_representatives(torch.randn_like(self.gate_ED), torch.randn_like(self.up_ED))
+        super().reset_parameters()
         self.u_E.zero_()
 
-    @torch.no_grad()
-    def set_representatives(self, gate_ED: torch.Tensor, up_ED: torch.Tensor) -> None:
-        """The representative neurons' dense gate/up rows [E, D] (normalised here)."""
-        self.gate_ED.copy_(F.normalize(gate_ED.float(), dim=-1))
-        self.up_ED.copy_(F.normalize(up_ED.float(), dim=-1))
-
     def forward(self, x_TD: torch.Tensor) -> Routing:
+        scores_TE = self.scorer(x_TD)
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            x_TD = F.normalize(x_TD.float(), dim=-1)
-            scores_TE = ((x_TD @ self.up_ED.T) * F.silu(x_TD @ self.gate_ED.T)).abs()
             probs_TE = scores_TE.softmax(dim=-1)
             expert_ids_TK = self.select_top_k(probs_TE, self.top_k)
             weights_TK = 1.0 + probs_TE.gather(1, expert_ids_TK) * self.u_E.float()[expert_ids_TK]

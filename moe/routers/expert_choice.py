@@ -13,7 +13,7 @@ capacity limit, but tokens picked by *no* expert are skipped by the MoE layer (o
 shared expert carries them); the metrics count them as tokens with no assignment.
 
 ``probs_TE`` = S. A selection bias would be a per-expert constant, which cannot change which tokens an
-expert ranks highest, and expert choice needs no balancing: the router drops the base class's
+expert ranks highest, and expert choice needs no balancing: the router is built without the
 ``selection_bias_E`` buffer, so the ``aux_free`` balancer refuses to attach instead of doing nothing.
 
 **Not causal.** Each expert ranks all tokens of the batch, including tokens later in the same sequence,
@@ -30,6 +30,7 @@ import warnings
 import torch
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 _warned = False
@@ -45,9 +46,9 @@ class ExpertChoiceRouter(Router):
         global _warned
         if not capacity_factor > 0:
             raise ValueError(f"router.capacity_factor={capacity_factor} must be > 0")
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=None, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=None, selection_bias=False)
         self.capacity_factor = float(capacity_factor)
-        del self.selection_bias_E  # a per-expert constant cannot reorder an expert's tokens
         if not _warned:
             warnings.warn(CAUSALITY_WARNING, stacklevel=2)
             _warned = True
@@ -57,7 +58,7 @@ class ExpertChoiceRouter(Router):
         return min(num_tokens, max(1, math.ceil(self.capacity_factor * num_tokens / self.num_experts)))
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
+        logits_TE = self.scorer(x_TD)
         probs_TE = logits_TE.softmax(dim=-1)
         T, E = probs_TE.shape
         C = self.capacity(T)

@@ -7,8 +7,8 @@ For each token x (router computed in float32 whatever the model dtype):
 
 so the gate weights of a token are the softmax over its k kept noisy logits and sum to 1. In eval mode
 ε = 0 and the router is exactly softmax top-k with the softmax taken over the kept logits
-(``TopKRouter(order="topk_then_softmax")``). ``W_noise`` is a second learned [E, D] parameter
-(``noise_weight_ED``, initialised to N(0, noise_init_std²), zeros by default as in the paper, so the
+(``TopKRouter(order="topk_then_softmax")``). ``W_noise`` is a second linear scorer (``noise_scorer``,
+its [E, D] weight initialised to N(0, noise_init_std²), zeros by default as in the paper, so the
 initial noise std is Softplus(0) = ln 2); it is trained through the gate weights only.
 
 ``probs_TE`` = softmax of the *clean* logits x W_g over all experts (what balance losses see). Selection
@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 
 class NoisyTopKRouter(Router):
+    LEGACY_KEYS = {**Router.LEGACY_KEYS, "noise_weight_ED": "noise_scorer.weight_ED"}
+
     def __init__(
         self,
         *,
@@ -37,26 +39,23 @@ class NoisyTopKRouter(Router):
     ):
         if noise_init_std < 0:
             raise ValueError(f"router.noise_init_std={noise_init_std} must be >= 0")
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
         self.noise_init_std = noise_init_std
-        self.noise_weight_ED = nn.Parameter(torch.zeros(num_experts, d_model))
-        self.reset_parameters()
+        self.noise_scorer = LinearScorer(d_model=d_model, num_experts=num_experts, init_std=noise_init_std)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        if hasattr(self, "noise_weight_ED"):
-            nn.init.normal_(self.noise_weight_ED, std=self.noise_init_std)
+        self.noise_scorer.reset_parameters()
 
     def noisy_logits(self, x_TD: torch.Tensor, logits_TE: torch.Tensor) -> torch.Tensor:
         """H = clean logits + ε · Softplus(x W_noise) in training; the clean logits in eval."""
         if not self.training:
             return logits_TE
-        with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            noise_std_TE = F.softplus(F.linear(x_TD.float(), self.noise_weight_ED.float()))
-            return logits_TE + torch.randn_like(logits_TE) * noise_std_TE
+        return logits_TE + torch.randn_like(logits_TE) * F.softplus(self.noise_scorer(x_TD))
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
+        logits_TE = self.scorer(x_TD)
         probs_TE = logits_TE.softmax(dim=-1)
         noisy_TE = self.noisy_logits(x_TD, logits_TE)
         expert_ids_TK = self.select_top_k(noisy_TE, self.top_k)

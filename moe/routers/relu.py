@@ -31,17 +31,25 @@ from __future__ import annotations
 import torch
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 
 class ReLURouter(Router):
     def __init__(self, *, d_model: int, num_experts: int, top_k: int = 2, init_std: float = 0.02,
                  start_at_target: bool = True):
-        self.start_at_target = bool(start_at_target)
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
+        self.init_std, self.start_at_target = init_std, bool(start_at_target)
+        self.reset_offset()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
+        self.reset_offset()
+
+    def reset_offset(self) -> None:
+        """b_0 = −σ·Φ⁻¹(1 − k/E), σ = init_std·√d_model (0 for the paper's router or when k = E)."""
+        self.selection_bias_E.zero_()
         if self.start_at_target and self.top_k < self.num_experts:
             quantile = torch.special.ndtri(torch.tensor(1.0 - self.top_k / self.num_experts, dtype=torch.float64))
             self.selection_bias_E.fill_(-self.init_std * self.d_model ** 0.5 * float(quantile))
@@ -52,7 +60,7 @@ class ReLURouter(Router):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
+        logits_TE = self.scorer(x_TD)
         gates_TE = (logits_TE + self.selection_bias_E).relu()
         T, E = gates_TE.shape
         token_ids_N, expert_ids_N = (gates_TE > 0).nonzero(as_tuple=True)

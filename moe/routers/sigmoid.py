@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 
@@ -38,7 +39,8 @@ class SigmoidRouter(Router):
         routed_scaling_factor: float = 1.0,
         init_std: float = 0.02,
     ):
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
         if num_groups < 1 or num_experts % num_groups:
             raise ValueError(f"router.num_groups={num_groups} must divide num_experts={num_experts}")
         if not 1 <= topk_groups <= num_groups:
@@ -66,7 +68,7 @@ class SigmoidRouter(Router):
         return sel_TE.topk(self.top_k, dim=-1).indices
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
+        logits_TE = self.scorer(x_TD)
         scores_TE = logits_TE.sigmoid()
         probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
         expert_ids_TK = self.select_experts(scores_TE)

@@ -26,6 +26,7 @@ import math
 import torch
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 
@@ -55,7 +56,8 @@ class SinkhornRouter(Router):
         balance_in_eval: bool = False,
         init_std: float = 0.02,
     ):
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
         if num_iters < 1:
             raise ValueError(f"router.num_iters={num_iters} must be >= 1")
         if tol < 0:
@@ -64,7 +66,7 @@ class SinkhornRouter(Router):
         self.normalize, self.balance_in_eval = bool(normalize), bool(balance_in_eval)
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
+        logits_TE = self.scorer(x_TD)
         probs_TE = logits_TE.softmax(dim=-1)
         if (self.training or self.balance_in_eval) and logits_TE.shape[0] > 0:
             with torch.no_grad():

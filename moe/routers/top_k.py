@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from moe.routers.base import Router
+from moe.routers.scorers import LinearScorer
 from moe.types import Routing
 
 ORDERS = ("softmax_then_topk", "topk_then_softmax")
@@ -41,7 +42,8 @@ class TopKRouter(Router):
         init_std: float = 0.02,
         routed_scaling_factor: float = 1.0,
     ):
-        super().__init__(d_model=d_model, num_experts=num_experts, top_k=top_k, init_std=init_std)
+        super().__init__(scorer=LinearScorer(d_model=d_model, num_experts=num_experts, init_std=init_std),
+                         d_model=d_model, num_experts=num_experts, top_k=top_k)
         if order not in ORDERS:
             raise ValueError(f"router.order={order!r} is not one of {ORDERS}")
         if not 0.0 <= jitter_eps < 1.0:
@@ -52,7 +54,7 @@ class TopKRouter(Router):
         self.routed_scaling_factor = float(routed_scaling_factor)
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD, noise_eps=self.jitter_eps)
+        logits_TE = self.scorer(x_TD, noise_eps=self.jitter_eps)
         probs_TE = logits_TE.softmax(dim=-1)
         expert_ids_TK = self.select_top_k(probs_TE, self.top_k)
         if self.order == "softmax_then_topk":

@@ -20,7 +20,7 @@ random permutation (``partition=random``) or by balanced k-means of the L2-norma
 (``partition=cluster``: squared Euclidean cost, the same exact balanced assignment, 5 iterations, seeded
 random initial centroids) — a simplification of LLaMA-MoE's clustering split, documented as such. With a
 CMoERouter the representatives of the split's groups are chosen from the calibration markers as in step
-6 (so "random partition + analytic router" of METHODS §4 is ``split`` with ``router=cmoe``).
+6 (so CMoE's "random partition + analytic router" baseline is ``split`` with ``router=cmoe``).
 
 Balanced assignment: instead of the Hungarian algorithm on the cost matrix with each centroid column
 repeated m times (scipy/lap in the paper's code), the neurons are inserted one at a time, each along the
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe.types import TakesRepresentatives, supports
+from moe.types import Scored, TakesRepresentatives, supports
 
 PARTITIONS = ("random", "cluster")
 _CALIBRATION_BATCH = 32  # sequences per forward pass while collecting FFN inputs
@@ -207,8 +207,13 @@ def fill_layer(dense_ffn: nn.Module, layer: nn.Module, shared: torch.Tensor, gro
         ffn.gate.weight.copy_(gate_FD[shared])
         ffn.up.weight.copy_(up_FD[shared])
         ffn.down.weight.copy_(down_DF[:, shared])
-    if reps_E is not None and supports(layer.router, TakesRepresentatives):
-        layer.router.set_representatives(gate_FD[reps_E], up_FD[reps_E])
+    if reps_E is not None and takes_representatives(layer.router):
+        layer.router.scorer.set_representatives(gate_FD[reps_E], up_FD[reps_E])
+
+
+def takes_representatives(router) -> bool:
+    """Whether the router scores with representative neurons that carving fills in (CMoE)."""
+    return supports(router, Scored) and supports(router.scorer, TakesRepresentatives)
 
 
 class _Captured(Exception):
@@ -251,7 +256,7 @@ def carve_model(dense: nn.Module, model: nn.Module, *, method: str, calibration:
         shared_d_ff = layer.shared_expert.ffn.gate.weight.shape[0] // num_shared
     check_sizes(d_ff=dense.blocks[0].ffn.gate.weight.shape[0], num_experts=E, expert_d_ff=m,
                 num_shared=num_shared, shared_d_ff=shared_d_ff)
-    analytic_router = supports(layer.router, TakesRepresentatives)
+    analytic_router = takes_representatives(layer.router)
     needs_markers = method == "carve" or num_shared > 0 or analytic_router
     was_training = model.training
     model.eval()

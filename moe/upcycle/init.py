@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from moe.loading import load_model
-from moe.types import LinearScored, TopKGated, supports
+from moe.types import LinearScored, Scored, TopKGated, supports
 from moe.upcycle import carve
 from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
 
@@ -161,12 +161,13 @@ class Upcycle:
         """Virtual groups: expert r·G + g shares router row r, so top-k picks whole groups."""
         G, router = self.granularity, layer.router
         k = getattr(router, "top_k", None)
-        if not supports(router, LinearScored):
+        if not (supports(router, Scored) and supports(router.scorer, LinearScored)):
             raise ValueError(f"init.method=virtual_group needs a linear router; {type(router).__name__} has none")
         if k is None or k % G:
             raise ValueError(
                 f"init.method=virtual_group needs router.top_k={k} to be a multiple of init.granularity={G}"
             )
         with torch.no_grad():
-            R = router.weight_ED.shape[0] // G
-            router.weight_ED.copy_(router.weight_ED[:R].repeat_interleave(G, dim=0))
+            weight_ED = router.scorer.weight_ED
+            R = weight_ED.shape[0] // G
+            weight_ED.copy_(weight_ED[:R].repeat_interleave(G, dim=0))

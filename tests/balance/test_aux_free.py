@@ -10,32 +10,20 @@ from torch import nn
 
 from moe.balance import AuxFreeBalancer
 from moe.models.build import build_model
-from moe.routers import TopKRouter
+from moe.routers import SigmoidRouter, TopKRouter
 from moe.routers.base import Router
 from moe.types import BalanceContext, Routing
 
 E, K, D, T = 8, 2, 16, 2048
 
 
-class SigmoidRouter(Router):
-    """Test-only DeepSeek-V3 style gate: select TopK(σ(z) + b), weights σ(z) normalised over the chosen."""
-
-    def forward(self, x_TD: torch.Tensor) -> Routing:
-        logits_TE = self.linear_logits(x_TD)
-        scores_TE = logits_TE.sigmoid()
-        expert_ids_TK = self.select_top_k(scores_TE, self.top_k)
-        chosen_TK = scores_TE.gather(1, expert_ids_TK)
-        probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
-        return self.token_choice(expert_ids_TK, chosen_TK / chosen_TK.sum(-1, keepdim=True), logits_TE, probs_TE)
-
-
 def skewed(router: Router) -> Router:
     """Input feature 0 is constant 1 and only expert 0 reads it: expert 0 is strongly preferred."""
     torch.manual_seed(0)
     with torch.no_grad():
-        router.weight_ED.normal_(std=0.5)
-        router.weight_ED[:, 0] = 0.0
-        router.weight_ED[0, 0] = 1.5
+        router.scorer.weight_ED.normal_(std=0.5)
+        router.scorer.weight_ED[:, 0] = 0.0
+        router.scorer.weight_ED[0, 0] = 1.5
     return router
 
 
@@ -162,9 +150,9 @@ def test_relu_layer_revives_under_the_top_k_target():
     torch.manual_seed(0)
     router = ReLURouter(d_model=D, num_experts=E, top_k=K)
     with torch.no_grad():
-        router.weight_ED.normal_(std=0.1)
+        router.scorer.weight_ED.normal_(std=0.1)
     x_TD = inputs()
-    logits_TE = router.linear_logits(x_TD)
+    logits_TE = router.scorer(x_TD)
     with torch.no_grad():
         router.selection_bias_E.fill_(-float(logits_TE.max()) - 0.1)  # every gate off
     assert router(x_TD).expert_ids_N.numel() == 0
@@ -209,7 +197,7 @@ def test_auto_update_rate_lets_the_bias_cross_the_score_scale_in_a_fraction_of_t
     softmax.attach(TopKRouter(d_model=D, num_experts=16, top_k=K, order="softmax_then_topk"))
     assert softmax.update_rate == pytest.approx((1 / 16) / (0.05 * 300))  # 0.0041667: 1/E in 15 steps
     sigmoid = AuxFreeBalancer(update_rate="auto", run_steps=20_000)
-    sigmoid.attach(SigmoidRouterWithScale(d_model=D, num_experts=E, top_k=K))
+    sigmoid.attach(SigmoidRouter(d_model=D, num_experts=E, top_k=K))
     assert sigmoid.update_rate == pytest.approx(1e-3)  # the papers' constant is this rule at 20k steps
     slower = AuxFreeBalancer(update_rate="auto", run_steps=300, catch_up_fraction=0.5)
     slower.attach(TopKRouter(d_model=D, num_experts=16, top_k=K, order="softmax_then_topk"))
@@ -219,9 +207,11 @@ def test_auto_update_rate_lets_the_bias_cross_the_score_scale_in_a_fraction_of_t
     assert still.update_rate == 0.0
 
 
-class SigmoidRouterWithScale(SigmoidRouter):
-    def selection_score_scale(self) -> float:
-        return 1.0
+class UnscaledRouter(SigmoidRouter):
+    """A router with a selection bias but no declared score scale."""
+
+    def selection_score_scale(self) -> None:
+        return None
 
 
 def test_auto_update_rate_errors_name_the_key():
@@ -231,8 +221,8 @@ def test_auto_update_rate_errors_name_the_key():
         AuxFreeBalancer(update_rate="auto", run_steps=10, catch_up_fraction=0)
     with pytest.raises(ValueError, match=r"aux_free.update_rate='fast' must be a number >= 0 or 'auto'"):
         AuxFreeBalancer(update_rate="fast")
-    with pytest.raises(ValueError, match=r"update_rate=auto needs the scale of SigmoidRouter's selection scores"):
-        AuxFreeBalancer(update_rate="auto", run_steps=10).attach(SigmoidRouter(d_model=D, num_experts=E, top_k=K))
+    with pytest.raises(ValueError, match=r"update_rate=auto needs the scale of UnscaledRouter's selection scores"):
+        AuxFreeBalancer(update_rate="auto", run_steps=10).attach(UnscaledRouter(d_model=D, num_experts=E, top_k=K))
 
 
 def test_shipped_config_sets_the_rate_from_trainer_max_steps():

@@ -96,7 +96,7 @@ def test_l1_is_taken_on_the_gates_the_experts_saw_offset_included():
 
     router = ReLURouter(d_model=3, num_experts=3, top_k=1)
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(3))
+        router.scorer.weight_ED.copy_(torch.eye(3))
         router.selection_bias_E.copy_(torch.tensor([0.5, 0.0, -1.0]))
     x_TD = torch.tensor([[1.0, -0.2, 0.5], [-0.3, 2.0, 2.0]])  # G = relu(z + b) = [[1.5, 0, 0], [0.2, 2, 1]]
     loss = ReMoEL1Loss().loss(router(x_TD), CTX)

@@ -60,7 +60,7 @@ def test_router_bias_is_imported_and_changes_the_selection(tmp_path):
     ours.blocks[1].ffn.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
         ours(torch.randint(0, 97, (2, 40)))
-        scores_TE = router.linear_logits(seen[0].reshape(-1, 64)).sigmoid()
+        scores_TE = router.scorer(seen[0].reshape(-1, 64)).sigmoid()
         with_bias = router.select_experts(scores_TE).sort(-1).values
         router.selection_bias_E.zero_()
         without_bias = router.select_experts(scores_TE).sort(-1).values

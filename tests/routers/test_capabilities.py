@@ -8,27 +8,39 @@ from conftest import group_files
 from torch import nn
 
 from moe.models.build import build_model
+from moe.routers import CMoERouter, CosineRouter, NoisyTopKRouter, TopKRouter
 from moe.types import (
     DeclaresScoreScale,
     HasSelectionBias,
     LinearScored,
     ReadsTokenIds,
+    Scored,
     TakesRepresentatives,
     TopKGated,
     supports,
 )
 
-PROTOCOLS = (ReadsTokenIds, HasSelectionBias, DeclaresScoreScale, LinearScored, TopKGated, TakesRepresentatives)
-SCORED = {HasSelectionBias, DeclaresScoreScale, LinearScored}
+ROUTER_PROTOCOLS = (ReadsTokenIds, Scored, HasSelectionBias, DeclaresScoreScale, TopKGated)
+SCORER_PROTOCOLS = (LinearScored, TakesRepresentatives)
+LEARNED = {Scored, HasSelectionBias, DeclaresScoreScale}
 EXPECTED = {
-    "top_k": SCORED | {TopKGated},
-    "noisy_top_k": SCORED, "sigmoid": SCORED, "relu": SCORED, "sinkhorn": SCORED,
-    "cosine": {HasSelectionBias, DeclaresScoreScale},  # scores by cosine in a projected space, no weight_ED
-    "cmoe": {HasSelectionBias, DeclaresScoreScale, TakesRepresentatives},
-    "expert_choice": {DeclaresScoreScale, LinearScored},  # no bias: a constant cannot reorder an expert's tokens
+    "top_k": LEARNED | {TopKGated, LinearScored},
+    "noisy_top_k": LEARNED | {LinearScored}, "sigmoid": LEARNED | {LinearScored},
+    "relu": LEARNED | {LinearScored}, "sinkhorn": LEARNED | {LinearScored},
+    "cosine": LEARNED,  # scores by cosine in a projected space: no linear weight_ED
+    "cmoe": LEARNED | {TakesRepresentatives},
+    "expert_choice": {Scored, DeclaresScoreScale, LinearScored},  # no bias: a constant cannot reorder a column
     "hash": {ReadsTokenIds},
     "random": set(),
 }
+
+
+def capabilities(router: nn.Module) -> set[type]:
+    """The router's protocols and, for a learned router, its scorer's."""
+    found = {protocol for protocol in ROUTER_PROTOCOLS if supports(router, protocol)}
+    if Scored in found:
+        found |= {protocol for protocol in SCORER_PROTOCOLS if supports(router.scorer, protocol)}
+    return found
 
 
 def test_every_router_config_is_listed():
@@ -38,7 +50,30 @@ def test_every_router_config_is_listed():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_router_has_exactly_its_capabilities(name, smoke):
     router = build_model(smoke(f"router={name}")).moe_layers[0].router
-    assert {protocol for protocol in PROTOCOLS if supports(router, protocol)} == EXPECTED[name]
+    assert capabilities(router) == EXPECTED[name]
+
+
+LEGACY_STATE = {  # state-dict names written before scorers were modules → where they live now
+    TopKRouter: {"weight_ED": "scorer.weight_ED"},
+    NoisyTopKRouter: {"weight_ED": "scorer.weight_ED", "noise_weight_ED": "noise_scorer.weight_ED"},
+    CosineRouter: {name: f"scorer.{name}" for name in ("proj_PD", "expert_embed_EP", "log_temperature")},
+    CMoERouter: {"gate_ED": "scorer.gate_ED", "up_ED": "scorer.up_ED"},
+}
+
+
+@pytest.mark.parametrize("router_class", list(LEGACY_STATE), ids=lambda cls: cls.__name__)
+def test_checkpoints_with_the_flat_names_still_load(router_class):
+    kwargs = {"order": "softmax_then_topk"} if router_class is TopKRouter else {}
+    router = router_class(d_model=4, num_experts=3, top_k=2, **kwargs)
+    torch.manual_seed(1)
+    new_state = {name: torch.randn_like(value) for name, value in router.state_dict().items()}
+    renamed = LEGACY_STATE[router_class]
+    old_state = {next((old for old, new in renamed.items() if new == name), name): value
+                 for name, value in new_state.items()}
+    assert set(old_state) != set(new_state)
+    router.load_state_dict(old_state)  # strict: every old name has found its place
+    for name, value in router.state_dict().items():
+        assert torch.equal(value, new_state[name]), name
 
 
 def test_supports_sees_buffers_and_parameters_and_methods():

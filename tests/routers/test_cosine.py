@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from moe.routers import CosineRouter
+from moe.routers.scorers import CosineScorer
 
 
 def hand_router(**kwargs) -> CosineRouter:
     router = CosineRouter(d_model=3, num_experts=3, d_proj=2, top_k=2, **kwargs)
     with torch.no_grad():
-        router.proj_PD.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
-        router.expert_embed_EP.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]]))
+        router.scorer.proj_PD.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        router.scorer.expert_embed_EP.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]]))
     return router
 
 
@@ -45,11 +46,11 @@ def test_temperature_is_learned_and_clamped():
     router = hand_router()
     routing = router(X_TD)
     routing.weights_N.sum().backward()
-    assert router.log_temperature.grad is not None and router.proj_PD.grad.abs().sum() > 0
-    assert not hasattr(router, "weight_ED") or not isinstance(router.weight_ED, torch.nn.Parameter)
+    assert router.scorer.log_temperature.grad is not None and router.scorer.proj_PD.grad.abs().sum() > 0
+    assert isinstance(router.scorer, CosineScorer) and not hasattr(router.scorer, "weight_ED")
     with torch.no_grad():
-        router.log_temperature.fill_(math.log(1e-4))
-    assert torch.isclose(router.temperature, torch.tensor(0.01))
+        router.scorer.log_temperature.fill_(math.log(1e-4))
+    assert torch.isclose(router.scorer.temperature, torch.tensor(0.01))
 
 
 def test_selection_bias_changes_selection_not_weights():

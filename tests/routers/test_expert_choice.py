@@ -19,7 +19,7 @@ def _quiet(recwarn):
 def test_each_expert_picks_exactly_its_top_c_tokens():
     router = ExpertChoiceRouter(d_model=3, num_experts=3, capacity_factor=1.0)
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(3))
+        router.scorer.weight_ED.copy_(torch.eye(3))
     x_TD = torch.tensor(
         [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]
     )
@@ -49,7 +49,7 @@ def test_capacity_is_clamped_to_the_number_of_tokens():
 def test_gradient_reaches_the_router_through_the_weights():
     router = ExpertChoiceRouter(d_model=4, num_experts=4)
     router(torch.randn(8, 4)).weights_N.sum().backward()
-    assert router.weight_ED.grad.abs().sum() > 0
+    assert router.scorer.weight_ED.grad.abs().sum() > 0
     assert not hasattr(router, "selection_bias_E")  # a per-expert constant cannot reorder a column
 
 

@@ -12,8 +12,8 @@ from moe.routers import NoisyTopKRouter
 def test_eval_mode_is_softmax_over_the_kept_clean_logits():
     router = NoisyTopKRouter(d_model=4, num_experts=3, top_k=2).eval()
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(3, 4))
-        router.noise_weight_ED.fill_(5.0)  # ignored in eval
+        router.scorer.weight_ED.copy_(torch.eye(3, 4))
+        router.noise_scorer.weight_ED.fill_(5.0)  # ignored in eval
     x_TD = torch.tensor([[3.0, 1.0, 0.0, 9.0], [0.0, 0.5, 2.0, 0.0]])
     routing = router(x_TD)
     assert routing.expert_ids_N.tolist() == [0, 1, 2, 1]
@@ -28,21 +28,21 @@ def test_training_noise_is_softplus_scaled_gaussian():
     torch.manual_seed(1)
     routing = router(x_TD)
     torch.manual_seed(1)
-    clean_TE = x_TD @ router.weight_ED.T
-    noisy_TE = clean_TE + torch.randn(5, 3) * F.softplus(x_TD @ router.noise_weight_ED.T)
+    clean_TE = x_TD @ router.scorer.weight_ED.T
+    noisy_TE = clean_TE + torch.randn(5, 3) * F.softplus(x_TD @ router.noise_scorer.weight_ED.T)
     expert_ids_TK = noisy_TE.topk(3, dim=-1).indices
     assert torch.equal(routing.expert_ids_N, expert_ids_TK.reshape(-1))
     expected_TK = noisy_TE.gather(1, expert_ids_TK).softmax(-1)
     assert torch.allclose(routing.weights_N, expected_TK.reshape(-1), atol=1e-6)
     assert torch.allclose(routing.probs_TE, clean_TE.softmax(-1), atol=1e-6)  # probs use the clean logits
     routing.weights_N.square().sum().backward()
-    assert router.noise_weight_ED.grad.abs().sum() > 0
+    assert router.noise_scorer.weight_ED.grad.abs().sum() > 0
 
 
 def test_selection_bias_changes_selection_not_weights():
     router = NoisyTopKRouter(d_model=4, num_experts=3, top_k=2).eval()
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(3, 4))
+        router.scorer.weight_ED.copy_(torch.eye(3, 4))
         router.selection_bias_E[2] = 10.0
     routing = router(torch.tensor([[3.0, 1.0, 0.0, 0.0]]))
     assert routing.expert_ids_N.tolist() == [2, 0]

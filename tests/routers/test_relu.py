@@ -11,7 +11,7 @@ from moe.routers import ReLURouter
 def test_assignments_are_the_nonzeros_of_relu_logits():
     router = ReLURouter(d_model=4, num_experts=4, top_k=2)
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(4))
+        router.scorer.weight_ED.copy_(torch.eye(4))
     x_TD = torch.tensor([[1.0, -2.0, 3.0, 0.0], [-1.0, -1.0, -1.0, -1.0], [0.5, 0.5, 0.5, 2.0]])
     routing = router(x_TD)
     routing.validate()
@@ -29,13 +29,13 @@ def test_gradient_flows_through_the_active_gates_only():
     router = ReLURouter(d_model=4, num_experts=4)
     routing = router(torch.randn(16, 4))
     routing.weights_N.sum().backward()
-    assert router.weight_ED.grad.abs().sum() > 0
+    assert router.scorer.weight_ED.grad.abs().sum() > 0
 
 
 def test_offset_is_added_inside_the_relu():
     router = ReLURouter(d_model=4, num_experts=4, top_k=2)
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(4))
+        router.scorer.weight_ED.copy_(torch.eye(4))
         router.selection_bias_E.copy_(torch.tensor([0.0, 1.5, 0.0, -1.0]))
     routing = router(torch.tensor([[1.0, -1.0, -0.5, 0.5]]))  # z + b = [1, 0.5, -0.5, -0.5]
     assert routing.expert_ids_N.tolist() == [0, 1]
@@ -46,13 +46,14 @@ def test_checkpoints_without_the_offset_load_as_zero_offset():
     router = ReLURouter(d_model=4, num_experts=4)
     old = {"weight_ED": torch.ones(4, 4)}  # a state dict from before the offset existed
     router.load_state_dict(old)
-    assert torch.equal(router.selection_bias_E, torch.zeros(4)) and torch.equal(router.weight_ED, torch.ones(4, 4))
+    assert torch.equal(router.selection_bias_E, torch.zeros(4))
+    assert torch.equal(router.scorer.weight_ED, torch.ones(4, 4))
 
 
 def test_no_active_expert_at_all_gives_an_empty_routing():
     router = ReLURouter(d_model=2, num_experts=3)
     with torch.no_grad():
-        router.weight_ED.fill_(-1.0)
+        router.scorer.weight_ED.fill_(-1.0)
     routing = router(torch.ones(4, 2))
     routing.validate()
     assert routing.token_ids_N.numel() == 0 and routing.tokens_per_expert_E.tolist() == [0, 0, 0]

@@ -11,7 +11,7 @@ from moe.routers import SigmoidRouter
 def identity_router(**kwargs) -> SigmoidRouter:
     router = SigmoidRouter(d_model=8, num_experts=8, **kwargs)
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(8))
+        router.scorer.weight_ED.copy_(torch.eye(8))
     return router
 
 

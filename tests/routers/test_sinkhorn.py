@@ -29,7 +29,7 @@ def test_stable_for_huge_logits_and_stops_at_tolerance():
 def test_training_selects_from_the_balanced_matrix_with_softmax_gates():
     router = SinkhornRouter(d_model=2, num_experts=2, top_k=1, num_iters=50, tol=0.0).train()
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(2))
+        router.scorer.weight_ED.copy_(torch.eye(2))
     x_TD = torch.tensor([[2.0, 0.0], [1.5, 0.0], [1.0, 0.0], [0.5, 0.0]])  # every token prefers expert 0
     routing = router(x_TD)
     P_TE = sinkhorn_log(x_TD, num_iters=50).exp()

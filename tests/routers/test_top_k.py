@@ -11,7 +11,7 @@ from moe.routers import TopKRouter
 def test_softmax_then_topk_weights_are_the_unnormalised_top_probabilities():
     router = TopKRouter(d_model=4, num_experts=3, top_k=2, order="softmax_then_topk")
     with torch.no_grad():
-        router.weight_ED.copy_(torch.eye(3, 4))
+        router.scorer.weight_ED.copy_(torch.eye(3, 4))
     x_TD = torch.tensor([[3.0, 1.0, 0.0, 9.0], [0.0, 0.0, 2.0, 0.0]])
     routing = router(x_TD)
     probs_TE = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 2.0]]).softmax(-1)
@@ -54,7 +54,7 @@ def test_jitter_only_while_training_and_within_its_band():
     noisy_TE = router(x_TD).logits_TE
     assert not torch.equal(noisy_TE, router.eval()(x_TD).logits_TE)
     # noise multiplies the input by U[0.9, 1.1]: logits stay within 10% of |w|·|x| per coordinate
-    bound_TE = (x_TD.abs() @ router.weight_ED.abs().T) * 0.1
+    bound_TE = (x_TD.abs() @ router.scorer.weight_ED.abs().T) * 0.1
     assert (noisy_TE - router(x_TD).logits_TE).abs().le(bound_TE + 1e-6).all()
 
 

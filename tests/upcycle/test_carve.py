@@ -71,7 +71,7 @@ def test_carved_model_with_every_expert_active_is_the_dense_model(smoke, dense_r
                              f"model.shared_expert_d_ff={F_E}", "init.method=carve", "router=cmoe",
                              f"router.top_k={routed}")
     layer = moe.blocks[0].ffn
-    assert layer.router.u_E.abs().sum() == 0 and not torch.equal(layer.router.gate_ED, layer.router.up_ED)
+    assert layer.router.u_E.abs().sum() == 0 and not torch.equal(layer.router.scorer.gate_ED, layer.router.scorer.up_ED)
     with torch.no_grad():
         torch.testing.assert_close(moe(IDS).logits, dense(IDS).logits, rtol=1e-5, atol=1e-5)
     assert summary["val_loss"] == pytest.approx(dense_run[1]["val_loss"], rel=1e-5)

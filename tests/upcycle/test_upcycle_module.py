@@ -47,7 +47,7 @@ def test_upcycled_encoder_computes_what_it_did_and_can_diverge():
     with torch.no_grad():
         encoder.blocks[0].mlp.experts[0][0].weight.mul_(1.5)
     encoder(x).square().sum().backward()
-    assert encoder.blocks[0].mlp.router.weight_ED.grad.abs().max() > 1e-4
+    assert encoder.blocks[0].mlp.router.scorer.weight_ED.grad.abs().max() > 1e-4
 
 
 def test_nothing_matches():
