@@ -3,7 +3,8 @@
 The same fixed subset is scored at every eval (the first ``sequences_per_domain`` validation
 sequences of each domain), so curves are comparable across steps and runs. Routing loads are summed
 over the whole subset, which gives MaxVio_global of Wang et al. 2408.15664; the score statistics of
-``moe.metrics.routing_stats`` are averaged over the eval batches.
+``moe.metrics.routing_stats`` are averaged over the eval batches. Losses and statistics are summed on
+the device and read once at the end of the pass (moe/metrics.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe.metrics import load_stats, routing_stats
+from moe.metrics import RoutingAccumulator, RunningSums
 
 
 def eval_indices(domain_ids: torch.Tensor, sequences_per_domain: int | None) -> torch.Tensor:
@@ -44,11 +45,9 @@ def evaluate(
     batch of n sequences (a progress bar)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros(len(domains), dtype=torch.float64)
-    token_count = torch.zeros(len(domains), dtype=torch.float64)
-    loads: dict[int, torch.Tensor] = {}
-    stat_sums: dict[int, dict[str, float]] = {}
-    num_batches = 0
+    sums = RunningSums()
+    routing = RoutingAccumulator(sums)
+    num_domains = len(domains)
     for start in range(0, len(input_ids), batch_size):
         batch = input_ids[start:start + batch_size].to(device)
         with autocast():
@@ -56,28 +55,25 @@ def evaluate(
         token_loss_BS = F.cross_entropy(out.logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
         seq_domain = domain_ids[start:start + batch_size]
         if loss_mask is None:
-            loss_sum.index_add_(0, seq_domain, token_loss_BS.sum(dim=1).double().cpu())
-            token_count.index_add_(0, seq_domain, torch.full_like(seq_domain, batch.shape[1] - 1).double())
+            tokens_B = torch.full(seq_domain.shape, batch.shape[1] - 1, dtype=torch.float64)
         else:
-            mask_BS = loss_mask[start:start + batch_size, 1:].to(device)
-            loss_sum.index_add_(0, seq_domain, torch.where(mask_BS, token_loss_BS, 0.0).sum(dim=1).double().cpu())
-            token_count.index_add_(0, seq_domain, mask_BS.sum(dim=1).double().cpu())
-        num_batches += 1
+            mask_BS = loss_mask[start:start + batch_size, 1:]
+            token_loss_BS = torch.where(mask_BS.to(device), token_loss_BS, 0.0)
+            tokens_B = mask_BS.sum(dim=1).double()
+        # per-domain sums: the losses on the device, the token counts on the host (known from the mask)
+        sums.add("loss_sum", torch.zeros(num_domains, dtype=torch.float64, device=device).index_add_(
+            0, seq_domain.to(device), token_loss_BS.sum(dim=1).double()))
+        sums.add("token_count", torch.zeros(num_domains, dtype=torch.float64).index_add_(0, seq_domain, tokens_B))
+        routing.add(out.layer_aux)
         if on_batch is not None:
             on_batch(len(batch))
-        for layer, aux in out.layer_aux.items():
-            loads[layer] = loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
-            sums = stat_sums.setdefault(layer, {})
-            for stat, value in routing_stats(aux.routing).items():
-                sums[stat] = sums.get(stat, 0.0) + value
     model.train(was_training)
-    metrics = {"val/loss": float(loss_sum.sum() / token_count.sum().clamp(min=1))}
+    values = sums.read()
+    if not values:  # no validation sequences
+        return {"val/loss": 0.0}
+    loss_sum, token_count = values["loss_sum"], values["token_count"]
+    metrics = {"val/loss": sum(loss_sum) / max(sum(token_count), 1.0)}
     for d, name in enumerate(domains):
         if token_count[d] > 0:
-            metrics[f"val/{name}/loss"] = float(loss_sum[d] / token_count[d])
-    for layer, load_E in sorted(loads.items()):
-        for stat, value in load_stats(load_E).items():
-            metrics[f"val/layer{layer}/{stat}"] = value
-        for stat, value in stat_sums[layer].items():
-            metrics[f"val/layer{layer}/{stat}"] = value / num_batches
-    return metrics
+            metrics[f"val/{name}/loss"] = loss_sum[d] / token_count[d]
+    return {**metrics, **routing.metrics(values, prefix="val/")}

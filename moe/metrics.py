@@ -1,4 +1,5 @@
-"""Routing statistics, logged per MoE layer at every log step and at eval.
+"""Routing statistics, logged per MoE layer at every log step and at eval, and the device-side sums
+that collect them (and the losses) between two reads.
 
 From expert loads (counts of dispatched assignments per expert, summed over a window):
 
@@ -18,11 +19,18 @@ From one forward's scores (``routing_stats``, averaged over micro-steps by the c
   uniform router, 1 for a fully confident one).
 - drop rate: dropped / (dispatched + dropped) assignments; unrouted: share of tokens with no expert.
 - experts per token: dispatched assignments / T (k for dropless top-k; it varies under ReLU routing).
+
+Reading a GPU tensor's value (``float()``, ``.item()``, ``.tolist()``) makes the host wait for the
+device. The statistics are therefore computed as tensors and summed where they live
+(:class:`RunningSums`); training reads them once per log step and evaluation once per pass, in one
+transfer. Training, evaluation and routing traces share :class:`RoutingAccumulator`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import torch
 
@@ -47,8 +55,9 @@ def load_stats(tokens_per_expert_E: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def routing_stats(routing: Routing) -> dict[str, float]:
-    """Score-based statistics of one forward (see the module docstring)."""
+def routing_stats(routing: Routing) -> dict[str, torch.Tensor]:
+    """Score-based statistics of one forward (see the module docstring), as 0-dim float64 tensors on
+    the routing's device: computing them never waits for the device."""
     probs_TE = routing.probs_TE.detach().float()
     T, E = probs_TE.shape
     if T == 0:
@@ -56,14 +65,82 @@ def routing_stats(routing: Routing) -> dict[str, float]:
     entropy_T = -(probs_TE * probs_TE.clamp_min(1e-12).log()).sum(-1)
     k = min(E, max(1, round(routing.top_k)))
     top_TK = probs_TE.topk(min(E, max(k, 2)), dim=-1).values
-    dispatched, dropped = int(routing.expert_ids_N.numel()), int(routing.num_dropped)
+    dispatched = routing.expert_ids_N.numel()  # a shape: known on the host
+    dropped = torch.as_tensor(routing.num_dropped, dtype=torch.float64, device=probs_TE.device)
     routed_T = torch.zeros(T, dtype=torch.bool, device=probs_TE.device)
     routed_T[routing.token_ids_N] = True
-    return {
-        "router_entropy": float(entropy_T.mean()) / math.log(E) if E > 1 else 0.0,
-        "top1_top2_margin": float((top_TK[:, 0] - top_TK[:, 1]).mean()) if E > 1 else 1.0,
-        "topk_score_sum": float(top_TK[:, :k].sum(-1).mean()),
-        "drop_rate": dropped / max(1, dispatched + dropped),
-        "unrouted_tokens": 1.0 - float(routed_T.float().mean()),
-        "experts_per_token": dispatched / T,
+    constant = probs_TE.new_tensor  # a host number as a device tensor, so every value can be summed there
+    stats = {
+        "router_entropy": entropy_T.mean() / math.log(E) if E > 1 else constant(0.0),
+        "top1_top2_margin": (top_TK[:, 0] - top_TK[:, 1]).mean() if E > 1 else constant(1.0),
+        "topk_score_sum": top_TK[:, :k].sum(-1).mean(),
+        "drop_rate": dropped / (dispatched + dropped).clamp_min(1.0),
+        "unrouted_tokens": 1.0 - routed_T.float().mean(),
+        "experts_per_token": constant(dispatched / T),
     }
+    return {name: value.double() for name, value in stats.items()}
+
+
+class RunningSums:
+    """Named sums (float64) kept on the device of their values; :meth:`read` brings all of them to the
+    host in one transfer — the only point where the host waits for the device."""
+
+    def __init__(self):
+        self._sums: dict[Hashable, torch.Tensor] = {}
+
+    def add(self, key: Hashable, value: torch.Tensor | float) -> None:
+        value = value.detach().double() if isinstance(value, torch.Tensor) else torch.tensor(float(value),
+                                                                                           dtype=torch.float64)
+        self._sums[key] = self._sums[key] + value if key in self._sums else value
+
+    def read(self) -> dict[Hashable, Any]:
+        """Each sum as a float (0-dim) or a list of floats, from one ``tolist()`` of them all."""
+        if not self._sums:
+            return {}
+        # gather where the values live (a GPU), so only the final tolist() crosses to the host
+        device = next((v.device for v in self._sums.values() if v.device.type != "cpu"), torch.device("cpu"))
+        flat = torch.cat([value.to(device).reshape(-1) for value in self._sums.values()]).tolist()
+        values, start = {}, 0
+        for key, value in self._sums.items():
+            n = value.numel()
+            values[key] = flat[start] if value.dim() == 0 else flat[start:start + n]
+            start += n
+        return values
+
+
+class RoutingAccumulator:
+    """Per-layer expert loads and score statistics of many forwards, summed in a :class:`RunningSums`
+    (its own, or one shared with the losses so that a single read serves both)."""
+
+    def __init__(self, sums: RunningSums | None = None):
+        self.sums = RunningSums() if sums is None else sums
+        self.forwards: dict[int, int] = {}
+
+    def add(self, layer_aux: Mapping[int, Any]) -> None:
+        """One forward's ``ModelOutput.layer_aux`` (MoE block index → LayerAux)."""
+        for layer, aux in layer_aux.items():
+            self.forwards[layer] = self.forwards.get(layer, 0) + 1
+            self.sums.add(("load_E", layer), aux.routing.tokens_per_expert_E)
+            for stat, value in routing_stats(aux.routing).items():
+                self.sums.add((stat, layer), value)
+
+    def per_layer(self, values: Mapping[Hashable, Any]) -> dict[int, dict[str, float]]:
+        """From ``sums.read()``: each layer's score statistics averaged over its forwards, and the load
+        statistics of its summed loads."""
+        layers = {}
+        for layer, forwards in sorted(self.forwards.items()):
+            stats = {key[0]: value / forwards for key, value in values.items()
+                     if isinstance(key, tuple) and key[1] == layer and key[0] != "load_E"}
+            stats.update(load_stats(torch.tensor(values[("load_E", layer)], dtype=torch.float64)))
+            layers[layer] = stats
+        return layers
+
+    def metrics(self, values: Mapping[Hashable, Any], prefix: str = "") -> dict[str, float]:
+        """``{prefix}layer{i}/{stat}`` for every layer and ``{prefix}moe/{stat}``, their mean over layers."""
+        layers = self.per_layer(values)
+        metrics = {f"{prefix}layer{layer}/{stat}": value for layer, stats in layers.items()
+                   for stat, value in stats.items()}
+        if layers:
+            for stat in next(iter(layers.values())):
+                metrics[f"{prefix}moe/{stat}"] = sum(stats[stat] for stats in layers.values()) / len(layers)
+        return metrics

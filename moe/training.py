@@ -51,7 +51,7 @@ from moe.checkpoint import (
 from moe.data.packing import masked_targets
 from moe.evaluation import eval_indices, evaluate
 from moe.finetune import adopt_checkpoint_config, freeze_parameters, resolve_tokenizer
-from moe.metrics import load_stats, routing_stats
+from moe.metrics import RoutingAccumulator, RunningSums
 from moe.models.build import build_model
 from moe.optim import build_optimizer, warmup_cosine
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
@@ -85,12 +85,12 @@ class StopRequest:
 
 
 class MetricWindow:
-    """Sums of per-micro-step values between two log steps."""
+    """Losses and routing statistics of the micro-steps between two log steps, summed on the device
+    (moe/metrics.py): ``add`` never waits for the device, ``summary`` reads everything in one transfer."""
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.loads: dict[int, torch.Tensor] = {}
-        self.layer_stat_sums: dict[int, dict[str, float]] = {}
+        self.sums = RunningSums()
+        self.routing = RoutingAccumulator(self.sums)
         self.micro_steps = 0
         self.tokens = 0
         self.started = time.perf_counter()
@@ -98,33 +98,18 @@ class MetricWindow:
     def add(self, out, tokens: int) -> None:
         self.micro_steps += 1
         self.tokens += tokens
-        values = {"loss": out.loss, "lm_loss": out.lm_loss, "aux_loss": out.aux_loss}
+        for key, value in (("loss", out.loss), ("lm_loss", out.lm_loss), ("aux_loss", out.aux_loss)):
+            self.sums.add(key, value)
         for key, loss in out.aux_losses.items():
-            values[key] = loss
-            values[f"{key}_scaled"] = out.aux_coeffs[key] * loss
-        for key, value in values.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else value
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        for layer, aux in out.layer_aux.items():
-            self.loads[layer] = self.loads.get(layer, 0) + aux.routing.tokens_per_expert_E.detach().cpu()
-            stat_sums = self.layer_stat_sums.setdefault(layer, {})
-            for stat, value in routing_stats(aux.routing).items():
-                stat_sums[stat] = stat_sums.get(stat, 0.0) + value
+            self.sums.add(key, loss)
+            self.sums.add(f"{key}_scaled", out.aux_coeffs[key] * loss)
+        self.routing.add(out.layer_aux)
 
     def summary(self) -> dict[str, float]:
         """Window means; per-layer routing statistics as layer{i}/{stat}, their mean over layers as moe/{stat}."""
-        metrics = {key: value / max(1, self.micro_steps) for key, value in self.sums.items()}
-        per_layer = {
-            layer: {**{stat: value / self.micro_steps for stat, value in self.layer_stat_sums[layer].items()},
-                    **load_stats(load_E)}
-            for layer, load_E in sorted(self.loads.items())
-        }
-        for layer, stats in per_layer.items():
-            metrics.update({f"layer{layer}/{stat}": value for stat, value in stats.items()})
-        if per_layer:
-            for stat in next(iter(per_layer.values())):
-                metrics[f"moe/{stat}"] = sum(stats[stat] for stats in per_layer.values()) / len(per_layer)
-        return metrics
+        values = self.sums.read()
+        metrics = {key: value / max(1, self.micro_steps) for key, value in values.items() if isinstance(key, str)}
+        return {**metrics, **self.routing.metrics(values)}
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:

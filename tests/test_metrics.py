@@ -26,7 +26,7 @@ def test_routing_stats_on_a_hand_made_routing():
         weights_N=torch.tensor([0.7, 0.2, 0.5]), logits_TE=probs_TE.clamp_min(1e-9).log(), probs_TE=probs_TE,
         tokens_per_expert_E=torch.tensor([1, 1, 0, 1]), num_dropped=1, top_k=2.0,
     )
-    stats = routing_stats(routing)
+    stats = {name: value.item() for name, value in routing_stats(routing).items()}
 
     def entropy(row):
         return -sum(p * math.log(p) for p in row if p > 0)
@@ -38,3 +38,48 @@ def test_routing_stats_on_a_hand_made_routing():
     assert stats["drop_rate"] == pytest.approx(1 / 4)
     assert stats["unrouted_tokens"] == pytest.approx(1 / 3)
     assert stats["experts_per_token"] == pytest.approx(3 / 3)  # 3 assignments dispatched over 3 tokens
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
+
+
+def spy_on_host_reads(patch: pytest.MonkeyPatch) -> list[str]:
+    """Record every tensor → host conversion (each one waits for the device on a GPU)."""
+    calls: list[str] = []
+
+    def spying(name: str, original):
+        def spy(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+        return spy
+
+    for name in HOST_READS:
+        patch.setattr(torch.Tensor, name, spying(name, getattr(torch.Tensor, name)))
+    return calls
+
+
+def test_the_metric_window_reads_the_device_once_per_log_step(smoke, monkeypatch):
+    from moe.models.build import build_model
+    from moe.training import MetricWindow
+
+    config = smoke("balance=[switch_aux,z_loss]")
+    model = build_model(config).train()
+    ids_BS = torch.randint(0, 257, (2, 17))
+    outs = [model(ids_BS[:, :-1], ids_BS[:, 1:]) for _ in range(3)]
+    window = MetricWindow()
+    with monkeypatch.context() as patch:
+        calls = spy_on_host_reads(patch)
+        for out in outs:
+            window.add(out, tokens=32)
+        assert calls == []  # no micro-step waits for the device
+        metrics = window.summary()
+        assert calls[0] == "tolist" and calls.count("tolist") == 1  # one transfer; the rest is host math
+    expected_lm = sum(out.lm_loss.item() for out in outs) / 3
+    assert metrics["lm_loss"] == pytest.approx(expected_lm, rel=1e-12)
+    layer = next(iter(outs[0].layer_aux))
+    loads_E = sum(out.layer_aux[layer].routing.tokens_per_expert_E for out in outs)
+    assert metrics[f"layer{layer}/max_vio"] == pytest.approx(load_stats(loads_E)["max_vio"], rel=1e-12)
+    entropy = sum(routing_stats(out.layer_aux[layer].routing)["router_entropy"].item() for out in outs) / 3
+    assert metrics[f"layer{layer}/router_entropy"] == pytest.approx(entropy, rel=1e-12)
+    assert metrics["moe/max_vio"] == pytest.approx(
+        sum(metrics[f"layer{i}/max_vio"] for i in outs[0].layer_aux) / len(outs[0].layer_aux), rel=1e-12)

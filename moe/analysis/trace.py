@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moe.metrics import load_stats, routing_stats
+from moe.metrics import RoutingAccumulator, load_stats
 
 
 @dataclass
 class RoutingTrace:
     """One MoE layer's routing of T tokens: ``selected_TE`` bool [T, E], ``probs_TE`` float32 [T, E],
-    ``token_ids_T`` and ``domain_ids_T`` long [T]; ``stats`` are routing_stats averaged over batches."""
+    ``token_ids_T`` and ``domain_ids_T`` long [T]; ``stats`` are the per-layer statistics of
+    :class:`moe.metrics.RoutingAccumulator` (routing_stats averaged over batches, load stats of the sum)."""
 
     selected_TE: torch.Tensor
     probs_TE: torch.Tensor
@@ -58,25 +59,26 @@ def collect_routing(model: nn.Module, input_ids: torch.Tensor, domain_ids: torch
     was_training = model.training
     model.eval()
     parts: dict[int, dict[str, list]] = {}
+    accumulated = RoutingAccumulator()
     tokens, domains = [], []
     for start in range(0, len(input_ids), batch_size):
         ids_BS = input_ids[start:start + batch_size].to(device)
         S = ids_BS.shape[1]
         out = model(ids_BS)
+        accumulated.add(out.layer_aux)
         for layer, aux in out.layer_aux.items():
             routing = aux.routing
-            part = parts.setdefault(layer, {"selected": [], "probs": [], "stats": []})
+            part = parts.setdefault(layer, {"selected": [], "probs": []})
             part["selected"].append(selection_matrix(routing.token_ids_N, routing.expert_ids_N,
                                                      routing.num_tokens, routing.num_experts).cpu())
             part["probs"].append(routing.probs_TE.float().cpu())
-            part["stats"].append(routing_stats(routing))
         tokens.append(ids_BS.flatten().cpu())
         domains.append(domain_ids[start:start + batch_size].long().repeat_interleave(S))
     model.train(was_training)
     token_ids_T, domain_ids_T = torch.cat(tokens), torch.cat(domains)
     traces = {}
+    stats = accumulated.per_layer(accumulated.sums.read())
     for layer, part in sorted(parts.items()):
-        stats = {k: sum(s[k] for s in part["stats"]) / len(part["stats"]) for k in part["stats"][0]}
         traces[layer] = RoutingTrace(torch.cat(part["selected"]), torch.cat(part["probs"]),
-                                     token_ids_T, domain_ids_T, stats)
+                                     token_ids_T, domain_ids_T, stats[layer])
     return traces
