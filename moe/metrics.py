@@ -29,6 +29,7 @@ transfer. Training, evaluation and routing traces share :class:`RoutingAccumulat
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -144,3 +145,31 @@ class RoutingAccumulator:
             for stat in next(iter(layers.values())):
                 metrics[f"{prefix}moe/{stat}"] = sum(stats[stat] for stats in layers.values()) / len(layers)
         return metrics
+
+
+class MetricWindow:
+    """Losses and routing statistics of the micro-steps between two log steps, summed on the device
+    (moe/metrics.py): ``add`` never waits for the device, ``summary`` reads everything in one transfer."""
+
+    def __init__(self):
+        self.sums = RunningSums()
+        self.routing = RoutingAccumulator(self.sums)
+        self.micro_steps = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, out, tokens: int) -> None:
+        self.micro_steps += 1
+        self.tokens += tokens
+        for key, value in (("loss", out.loss), ("lm_loss", out.lm_loss), ("aux_loss", out.aux_loss)):
+            self.sums.add(key, value)
+        for key, loss in out.aux_losses.items():
+            self.sums.add(key, loss)
+            self.sums.add(f"{key}_scaled", out.aux_coeffs[key] * loss)
+        self.routing.add(out.layer_aux)
+
+    def summary(self) -> dict[str, float]:
+        """Window means; per-layer routing statistics as layer{i}/{stat}, their mean over layers as moe/{stat}."""
+        values = self.sums.read()
+        metrics = {key: value / max(1, self.micro_steps) for key, value in values.items() if isinstance(key, str)}
+        return {**metrics, **self.routing.metrics(values)}

@@ -8,7 +8,7 @@ value also counts (the value is read and checked). A knob that acts only togethe
 is listed in CONDITIONAL with the option that switches it on, and is checked with that option set;
 the two speed knobs of the experts backends (SPEED_ONLY) change how the same outputs are computed.
 
-The ``trainer`` and ``optim`` leaves are fields of dataclasses that ``moe.training`` reads by name;
+The ``trainer`` and ``optim`` leaves are fields of dataclasses that the trainer reads by name;
 tests/test_config_defaults.py keeps them equal to their YAML keys, and the last test here checks that
 the code reads every field. ``data``, ``init`` and ``logger`` are builder arguments, checked there too.
 """
@@ -164,11 +164,14 @@ def test_every_leaf_changes_what_is_built_or_run(option, key, value):
 
 
 def test_the_code_reads_every_trainer_and_optim_field():
-    """``trainer.X`` / ``optim.X`` attribute reads of the validated configs, anywhere in moe/."""
+    """``trainer.X`` / ``optim.X`` (also ``plan.trainer.X``) attribute reads of the validated configs,
+    anywhere in moe/."""
     read = set()
     for path in (CONFIGS.parent / "moe").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 read.add((node.value.id, node.attr))
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+                read.add((node.value.attr, node.attr))
     for name, view in (("trainer", TrainerConfig), ("optim", OptimConfig)):
         assert [f.name for f in dataclasses.fields(view) if (name, f.name) not in read] == [], name

@@ -59,8 +59,8 @@ def spy_on_host_reads(patch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_the_metric_window_reads_the_device_once_per_log_step(smoke, monkeypatch):
+    from moe.metrics import MetricWindow
     from moe.models.build import build_model
-    from moe.training import MetricWindow
 
     config = smoke("balance=[switch_aux,z_loss]")
     model = build_model(config).train()

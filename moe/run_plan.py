@@ -1,0 +1,85 @@
+"""Step 1 of a training run: turn the composed config into a checked plan, before anything is built.
+
+Everything that depends only on the config and the files on disk happens here, once, in this order:
+the ``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train_config.py) and the LR
+schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes and ``data.tokenizer=auto``
+is resolved (moe/finetune.py), which gives the config the run records in its config.yaml; the run
+directory is checked against ``trainer.resume``; a resumed run's schedule length is settled
+(moe/schedule_resume.py). Nothing later changes the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moe.checkpoint import latest_checkpoint, read_config, read_meta
+from moe.finetune import adopt_checkpoint_config, resolve_tokenizer
+from moe.optim import warmup_cosine
+from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
+from moe.train_config import OptimConfig, TrainerConfig, from_mapping
+
+
+@dataclass
+class RunPlan:
+    """A checked run: the config to record and build from, its parsed trainer/optim nodes, where it
+    writes, the checkpoint it resumes from (None: a new run) and the length of its LR schedule."""
+
+    config: dict[str, Any]
+    trainer: TrainerConfig
+    optim: OptimConfig
+    run_dir: Path
+    resume_from: Path | None
+    resumed_meta: dict[str, Any] | None
+    schedule_steps: int
+
+    def schedule(self, length: int | None = None):
+        """The LR multiplier of step s (warmup then cosine) over ``length`` steps (default: the plan's)."""
+        length = self.schedule_steps if length is None else length
+        return warmup_cosine(warmup_steps=self.optim.warmup_steps, max_steps=length,
+                             min_lr_ratio=self.optim.min_lr_ratio)
+
+
+def prepare_run(config: dict[str, Any]) -> RunPlan:
+    """Check and complete ``config``; raises ValueError/FileNotFoundError/FileExistsError naming the key."""
+    trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
+    optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
+    plan = RunPlan(config, trainer, optim, Path(config["run_dir"]), None, None, trainer.max_steps)
+    plan.schedule()  # checks warmup/min_lr before anything else
+    plan.config = resolve_tokenizer(adopt_checkpoint_config(config))  # what config.yaml records
+    _check_sequence_length(plan.config)
+    plan.resume_from = _checked_run_dir(plan.run_dir, trainer.resume)
+    if plan.resume_from is not None:
+        plan.resumed_meta = read_meta(plan.resume_from)
+        plan.schedule_steps = schedule_steps_on_resume(
+            recorded=recorded_schedule_steps(plan.resumed_meta, read_config(plan.resume_from / "config.yaml")),
+            requested=trainer.max_steps, policy=optim.schedule_on_resume, step=plan.resumed_meta["step"],
+            multiplier_for=plan.schedule, lr=optim.lr)
+    if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
+        raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
+    return plan
+
+
+def _check_sequence_length(config: dict[str, Any]) -> None:
+    seq_len, max_seq_len = (config.get("data") or {}).get("seq_len"), config["model"].get("max_seq_len")
+    if isinstance(seq_len, int) and isinstance(max_seq_len, int) and seq_len > max_seq_len:
+        raise ValueError(f"data.seq_len={seq_len} exceeds model.max_seq_len={max_seq_len}; set data.seq_len"
+                         f"<={max_seq_len} (the model node may come from init.path)")
+
+
+def _checked_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, after checking the run directory fits the request."""
+    existing = latest_checkpoint(run_dir)
+    if resume and existing is None:
+        raise FileNotFoundError(
+            f"trainer.resume=true but {run_dir} holds no checkpoint (looked in {run_dir / 'checkpoints'})"
+        )
+    if not resume and existing is not None:
+        raise FileExistsError(
+            f"run_dir={run_dir} already holds checkpoints ({existing.name}); pass trainer.resume=true to "
+            f"continue it, or choose another run_dir"
+        )
+    return existing
