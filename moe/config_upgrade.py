@@ -19,22 +19,27 @@ FORMER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # DeepSeek-V3's sequence-wise loss was its own class; it is the Switch loss at sequence scope.
+# The decoder became a plain module of parts; its config keys are now the builder's arguments.
 RENAMED_TARGETS: dict[str, tuple[str, dict[str, Any]]] = {
     "moe.balance.SeqAuxLoss": ("moe.balance.SwitchAuxLoss", {"scope": "sequence", "coeff": 1e-4}),
+    "moe.models.DecoderLM": ("moe.models.build_decoder", {}),
+    "moe.models.decoder.DecoderLM": ("moe.models.build_decoder", {}),
 }
 
 
-def upgrade_config(node: Any) -> Any:
-    """A copy of ``node`` with every ``_target_`` node rewritten to build today what it built then."""
+def upgrade_config(node: Any, *, former_defaults: bool = True) -> Any:
+    """A copy of ``node`` with every ``_target_`` node rewritten to build today what it built then.
+    ``former_defaults=False`` only renames targets: a config written today must still state every
+    value that has no default (model building renames, checkpoints also get the former defaults)."""
     if isinstance(node, list):
-        return [upgrade_config(item) for item in node]
+        return [upgrade_config(item, former_defaults=former_defaults) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: upgrade_config(value) for key, value in node.items()}
+    node = {key: upgrade_config(value, former_defaults=former_defaults) for key, value in node.items()}
     target = node.get("_target_")
     if target in RENAMED_TARGETS:
         target, former = RENAMED_TARGETS[target]
         node = {**former, **node, "_target_": target}
-    if target in FORMER_DEFAULTS:
+    if former_defaults and target in FORMER_DEFAULTS:
         node = {**FORMER_DEFAULTS[target], **node}
     return node

@@ -8,7 +8,7 @@
   ``experts/sorted_loop`` differ in ``impl``; ``switch_aux``/``global_aux``/``sequence_aux`` in
   ``scope``): there the file *chooses*; it does not restate a default.
 - ``configs/model/`` files are not compared: each defines one model (its sizes and choices), the way
-  ``dense_tiny`` is ``moe_tiny`` with a dense FFN; ``DecoderLM``'s own defaults describe a bare module
+  ``dense_tiny`` is ``moe_tiny`` with a dense FFN; ``build_decoder``'s own defaults describe a bare module
   (dense, ``n_kv_heads`` = ``n_heads``), not the framework's default model.
 """
 

@@ -38,3 +38,24 @@ def test_read_config_upgrades_what_it_reads(tmp_path):
     assert config["balance"]["aux_free"]["update_rate"] == 1e-3
     router = {key: value for key, value in config["router"].items() if key != "_target_"}
     assert TopKRouter(d_model=4, num_experts=2, **router).order == "softmax_then_topk"
+
+
+def test_a_checkpoint_of_the_flat_decoder_loads_into_the_composed_one(smoke):
+    """Before the builder existed the model node's target was the module itself and blocks named their
+    mixer ``attention`` and its norm ``attn_norm``; such a checkpoint still builds and loads exactly."""
+    import torch
+
+    from moe.models.build import build_model
+
+    config = smoke()
+    model = build_model(config)
+    old_config = {**config, "model": {**config["model"], "_target_": "moe.models.DecoderLM"}}
+    old_state = {key.replace(".mixer_norm.", ".attn_norm.").replace(".mixer.", ".attention.")
+                 .replace(".router.scorer.", ".router."): value for key, value in model.state_dict().items()}
+    assert any(".attention." in key for key in old_state) and any(".router.weight_ED" in key for key in old_state)
+    rebuilt = build_model(old_config)
+    rebuilt.load_state_dict(old_state)  # strict: every old name finds its place
+    ids_BS = torch.randint(0, 257, (2, 9))
+    assert torch.equal(rebuilt.eval()(ids_BS).logits, model.eval()(ids_BS).logits)
+    ordered = [name for name, _ in rebuilt.named_parameters()]
+    assert ordered == [name for name, _ in model.named_parameters()]  # optimizer state order is unchanged

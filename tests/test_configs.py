@@ -89,7 +89,7 @@ def test_bad_values_fail_at_build_time(smoke, override, message):
 
 
 def test_a_required_argument_missing_from_a_config_names_the_node():
-    config = {"model": {"_target_": "moe.models.DecoderLM", "vocab_size": 8, "d_model": 8, "n_layers": 1,
+    config = {"model": {"_target_": "moe.models.build_decoder", "vocab_size": 8, "d_model": 8, "n_layers": 1,
                         "n_heads": 2, "d_ff": 8, "max_seq_len": 8, "num_experts": 2},
               "router": {"_target_": "moe.routers.TopKRouter", "_partial_": True, "top_k": 1},
               "experts": {"_target_": "moe.experts.GroupedExperts", "_partial_": True}}

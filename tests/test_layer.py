@@ -9,7 +9,7 @@ import torch
 
 from moe.experts import GroupedExperts, LoopExperts
 from moe.layer import MoELayer
-from moe.models import DecoderLM, SwiGLU
+from moe.models import SwiGLU, build_decoder
 from moe.routers import TopKRouter
 
 
@@ -36,9 +36,9 @@ def test_one_expert_top1_layer_equals_the_dense_ffn(experts_cls, order):
 def test_one_expert_top1_model_equals_the_dense_model():
     common = dict(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8)
     torch.manual_seed(1)
-    dense = DecoderLM(**common)
-    moe = DecoderLM(**common, num_experts=1, router=functools.partial(TopKRouter, top_k=1, order="softmax_then_topk"),
-                    experts=GroupedExperts)
+    dense = build_decoder(**common)
+    moe = build_decoder(**common, num_experts=1, experts=GroupedExperts,
+                        router=functools.partial(TopKRouter, top_k=1, order="softmax_then_topk"))
     moe.load_state_dict(dense.state_dict(), strict=False)  # everything but the FFNs
     for dense_block, moe_block in zip(dense.blocks, moe.blocks):
         copy_dense_into_expert(dense_block.ffn, moe_block.ffn.experts)

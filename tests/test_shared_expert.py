@@ -7,7 +7,7 @@ import functools
 import torch
 
 from moe.experts import GroupedExperts
-from moe.models import DecoderLM, SwiGLU
+from moe.models import SwiGLU, build_decoder
 from moe.routers import TopKRouter
 from moe.shared_expert import SharedExpert
 
@@ -33,7 +33,7 @@ def test_sigmoid_gate_scales_the_shared_output():
 
 
 def test_model_builds_shared_experts_of_the_expert_size_by_default():
-    model = DecoderLM(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=64, max_seq_len=8, num_experts=4,
+    model = build_decoder(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=64, max_seq_len=8, num_experts=4,
                       expert_d_ff=16, num_shared_experts=2, shared_expert_gate=True,
                       router=functools.partial(TopKRouter, top_k=1, order="softmax_then_topk"), experts=GroupedExperts)
     shared = model.moe_layers[0].shared_expert

@@ -133,7 +133,7 @@ def deepseek_v3_tensor_map(model_cfg: Mapping[str, Any], *, rope_interleave: boo
     names: dict[str, tuple[list[str], Callable[..., torch.Tensor]]] = {}
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}", f"blocks.{i}"
-        attn, hf_attn = f"{ours}.attention", f"{hf}.self_attn"
+        attn, hf_attn = f"{ours}.mixer", f"{hf}.self_attn"
         if model_cfg["q_lora_rank"] is None:
             names[f"{attn}.q_proj.weight"] = ([f"{hf_attn}.q_proj.weight"], q_rows)
         else:

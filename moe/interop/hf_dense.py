@@ -128,7 +128,7 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
             f"attention is not supported, pass max_seq_len <= {window}"
         )
     return {
-        "_target_": "moe.models.DecoderLM",
+        "_target_": "moe.models.build_decoder",
         "vocab_size": int(cfg["vocab_size"]),
         "d_model": d_model,
         "n_layers": int(cfg["num_hidden_layers"]),
@@ -183,18 +183,18 @@ def _hf_names(model_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
         names["lm_head.weight"] = ["lm_head.weight"]
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"model.layers.{i}", f"blocks.{i}"
-        names[f"{ours}.attn_norm.weight"] = [f"{hf}.input_layernorm.weight"]
+        names[f"{ours}.mixer_norm.weight"] = [f"{hf}.input_layernorm.weight"]
         names[f"{ours}.ffn_norm.weight"] = [f"{hf}.post_attention_layernorm.weight"]
         kinds = ("weight", "bias") if model_cfg["attention_bias"] else ("weight",)
         for kind in kinds if model_cfg.get("attention", "gqa") == "gqa" else ():  # MLA: its model's own map
-            names[f"{ours}.attention.q_proj.{kind}"] = [f"{hf}.self_attn.q_proj.{kind}"]
-            names[f"{ours}.attention.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
+            names[f"{ours}.mixer.q_proj.{kind}"] = [f"{hf}.self_attn.q_proj.{kind}"]
+            names[f"{ours}.mixer.kv_proj.{kind}"] = [f"{hf}.self_attn.k_proj.{kind}",
                                                          f"{hf}.self_attn.v_proj.{kind}"]
         if model_cfg.get("attention", "gqa") == "gqa":
-            names[f"{ours}.attention.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
+            names[f"{ours}.mixer.o_proj.weight"] = [f"{hf}.self_attn.o_proj.weight"]
         if model_cfg["qk_norm"]:
-            names[f"{ours}.attention.q_norm.weight"] = [f"{hf}.self_attn.q_norm.weight"]
-            names[f"{ours}.attention.k_norm.weight"] = [f"{hf}.self_attn.k_norm.weight"]
+            names[f"{ours}.mixer.q_norm.weight"] = [f"{hf}.self_attn.q_norm.weight"]
+            names[f"{ours}.mixer.k_norm.weight"] = [f"{hf}.self_attn.k_norm.weight"]
         for proj in ("gate", "up", "down") if not model_cfg.get("num_experts") else ():  # MoE models: their own map
             names[f"{ours}.ffn.{proj}.weight"] = [f"{hf}.mlp.{proj}_proj.weight"]
     return names

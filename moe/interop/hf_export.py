@@ -272,8 +272,8 @@ def _deepseek_v3_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Ten
         t["lm_head.weight"] = model.lm_head.weight
     D = f.d_model
     for i, block in enumerate(model.blocks):
-        p, a = f"model.layers.{i}", block.attention
-        t[f"{p}.input_layernorm.weight"] = block.attn_norm.weight
+        p, a = f"model.layers.{i}", block.mixer
+        t[f"{p}.input_layernorm.weight"] = block.mixer_norm.weight
         t[f"{p}.post_attention_layernorm.weight"] = block.ffn_norm.weight
         sa = f"{p}.self_attn"
         if a.q_proj is not None:
@@ -305,8 +305,8 @@ def _gpt2_tensors(model: DecoderLM, f: ModelFacts) -> dict[str, torch.Tensor]:
     t = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": model.pos_embed.weight,
          "transformer.ln_f.weight": model.final_norm.weight, "transformer.ln_f.bias": model.final_norm.bias}
     for i, block in enumerate(model.blocks):
-        h, a, ffn = f"transformer.h.{i}", block.attention, block.ffn
-        for ours, theirs in ((block.attn_norm, "ln_1"), (block.ffn_norm, "ln_2")):
+        h, a, ffn = f"transformer.h.{i}", block.mixer, block.ffn
+        for ours, theirs in ((block.mixer_norm, "ln_1"), (block.ffn_norm, "ln_2")):
             t[f"{h}.{theirs}.weight"], t[f"{h}.{theirs}.bias"] = ours.weight, ours.bias
         # Conv1D stores [in, out]: c_attn = [W_q; W_k; W_v]ᵀ (our kv_proj rows are already K then V)
         t[f"{h}.attn.c_attn.weight"] = torch.cat((a.q_proj.weight, a.kv_proj.weight)).T
@@ -364,8 +364,8 @@ def hf_tensors(arch: str, model: DecoderLM, f: ModelFacts) -> dict[str, torch.Te
             t["lm_head.weight"] = model.lm_head.weight
         zero_bias = arch in ("qwen2", "qwen2_moe")  # their q/k/v always carry a bias
         for i, block in enumerate(model.blocks):
-            p, a = f"model.layers.{i}", block.attention
-            t[f"{p}.input_layernorm.weight"] = block.attn_norm.weight
+            p, a = f"model.layers.{i}", block.mixer
+            t[f"{p}.input_layernorm.weight"] = block.mixer_norm.weight
             t[f"{p}.post_attention_layernorm.weight"] = block.ffn_norm.weight
             t[f"{p}.self_attn.q_proj.weight"] = a.q_proj.weight
             t[f"{p}.self_attn.k_proj.weight"], t[f"{p}.self_attn.v_proj.weight"] = a.kv_proj.weight.chunk(2)
@@ -389,7 +389,7 @@ def hf_tensors(arch: str, model: DecoderLM, f: ModelFacts) -> dict[str, torch.Te
 
 def check_rope_theta(model: DecoderLM, rope_theta: float) -> None:
     """The model keeps θ only as its cos table; a config whose θ does not rebuild that table is wrong."""
-    attn = model.blocks[0].attention
+    attn = model.blocks[0].mixer
     rotary_dim = attn.rope_dim if isinstance(attn, MLAttention) else attn.head_dim
     cos_SR, _ = rope_cos_sin(attn.max_seq_len, rotary_dim, float(rope_theta))
     table = attn.rope_cos_SR.detach().to("cpu", torch.float32)

@@ -28,7 +28,7 @@ def gpt2_model_config(cfg: Mapping[str, Any], *, seq_len_cap: int, max_seq_len: 
         raise ValueError("gpt2: scale_attn_weights=false is not supported")
     d_model, n_positions = int(cfg["n_embd"]), int(cfg["n_positions"])
     return {
-        "_target_": "moe.models.DecoderLM",
+        "_target_": "moe.models.build_decoder",
         "vocab_size": int(cfg["vocab_size"]),
         "d_model": d_model,
         "n_layers": int(cfg["n_layer"]),
@@ -63,15 +63,15 @@ def gpt2_tensor_map(model_cfg: Mapping[str, Any]) -> dict[str, tuple[list[str], 
         names["lm_head.weight"] = (["lm_head.weight"], same)
     for i in range(model_cfg["n_layers"]):
         hf, ours = f"transformer.h.{i}", f"blocks.{i}"
-        for norm, hf_norm in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
+        for norm, hf_norm in (("mixer_norm", "ln_1"), ("ffn_norm", "ln_2")):
             for kind in ("weight", "bias"):
                 names[f"{ours}.{norm}.{kind}"] = ([f"{hf}.{hf_norm}.{kind}"], same)
-        names[f"{ours}.attention.q_proj.weight"] = ([f"{hf}.attn.c_attn.weight"], lambda t: t[:, :D].T)
-        names[f"{ours}.attention.kv_proj.weight"] = ([f"{hf}.attn.c_attn.weight"], lambda t: t[:, D:].T)
-        names[f"{ours}.attention.q_proj.bias"] = ([f"{hf}.attn.c_attn.bias"], lambda t: t[:D])
-        names[f"{ours}.attention.kv_proj.bias"] = ([f"{hf}.attn.c_attn.bias"], lambda t: t[D:])
-        names[f"{ours}.attention.o_proj.weight"] = ([f"{hf}.attn.c_proj.weight"], conv1d)
-        names[f"{ours}.attention.o_proj.bias"] = ([f"{hf}.attn.c_proj.bias"], same)
+        names[f"{ours}.mixer.q_proj.weight"] = ([f"{hf}.attn.c_attn.weight"], lambda t: t[:, :D].T)
+        names[f"{ours}.mixer.kv_proj.weight"] = ([f"{hf}.attn.c_attn.weight"], lambda t: t[:, D:].T)
+        names[f"{ours}.mixer.q_proj.bias"] = ([f"{hf}.attn.c_attn.bias"], lambda t: t[:D])
+        names[f"{ours}.mixer.kv_proj.bias"] = ([f"{hf}.attn.c_attn.bias"], lambda t: t[D:])
+        names[f"{ours}.mixer.o_proj.weight"] = ([f"{hf}.attn.c_proj.weight"], conv1d)
+        names[f"{ours}.mixer.o_proj.bias"] = ([f"{hf}.attn.c_proj.bias"], same)
         names[f"{ours}.ffn.fc.weight"] = ([f"{hf}.mlp.c_fc.weight"], conv1d)
         names[f"{ours}.ffn.fc.bias"] = ([f"{hf}.mlp.c_fc.bias"], same)
         names[f"{ours}.ffn.proj.weight"] = ([f"{hf}.mlp.c_proj.weight"], conv1d)

@@ -95,7 +95,7 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if not isinstance(model, DecoderLM):
         raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
     blocks = list(model.blocks)
-    kinds = _single({type(b.attention) for b in blocks}, "the attention type")
+    kinds = _single({type(b.mixer) for b in blocks}, "the attention type")
     if kinds not in (Attention, MLAttention):
         raise ValueError(f"attention {kinds.__name__} has no Hugging Face equivalent")
     if kinds is MLAttention:
@@ -105,17 +105,17 @@ def model_facts(model: nn.Module) -> ModelFacts:
 
 def _latent_norms(model: DecoderLM) -> list[nn.Module]:
     """MLA's q_a_norm / kv_a_norm (their ε is fixed, not the model's norm_eps)."""
-    return [m for b in model.blocks if isinstance(b.attention, MLAttention)
-            for m in (b.attention.q_a_norm, b.attention.kv_a_norm) if m is not None]
+    return [m for b in model.blocks if isinstance(b.mixer, MLAttention)
+            for m in (b.mixer.q_a_norm, b.mixer.kv_a_norm) if m is not None]
 
 
 def _gqa_facts(model: DecoderLM) -> ModelFacts:
     blocks = list(model.blocks)
-    attn = blocks[0].attention
+    attn = blocks[0].mixer
     norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))]
-    norm_kinds = {type(m).__name__ for b in blocks for m in (b.attn_norm, b.ffn_norm)} | {
+    norm_kinds = {type(m).__name__ for b in blocks for m in (b.mixer_norm, b.ffn_norm)} | {
         type(model.final_norm).__name__}
-    qk = {None if b.attention.q_norm is None else ("full" if b.attention.qk_norm_full else "head") for b in blocks}
+    qk = {None if b.mixer.q_norm is None else ("full" if b.mixer.qk_norm_full else "head") for b in blocks}
     facts = ModelFacts(
         vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
         n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads, head_dim=attn.head_dim, max_seq_len=model.max_seq_len,
@@ -123,10 +123,10 @@ def _gqa_facts(model: DecoderLM) -> ModelFacts:
         norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
         position="learned" if model.pos_embed is not None else "rope",
         mlp="swiglu", qk_norm=_single(qk, "qk_norm"),
-        qkv_bias=_single({b.attention.q_proj.bias is not None for b in blocks}, "attention_bias"),
-        out_bias=_single({b.attention.o_proj.bias is not None for b in blocks}, "attention_out_bias"),
+        qkv_bias=_single({b.mixer.q_proj.bias is not None for b in blocks}, "attention_bias"),
+        out_bias=_single({b.mixer.o_proj.bias is not None for b in blocks}, "attention_out_bias"),
         tied=model.lm_head.weight is model.embed.weight, d_ff=None)
-    if facts.position == "rope" and not _single({b.attention.rope for b in blocks}, "rope"):
+    if facts.position == "rope" and not _single({b.mixer.rope for b in blocks}, "rope"):
         raise ValueError("a model without RoPE and without learned positions has no HF equivalent")
     return facts
 
@@ -140,15 +140,15 @@ def _mla_model_facts(model: DecoderLM) -> ModelFacts:
     for m in latent:
         if m.eps != MLA_NORM_EPS:
             raise ValueError(f"an MLA latent RMSNorm has eps={m.eps}; HF DeepSeek-V3 fixes it at {MLA_NORM_EPS}")
-    norm_kinds = {type(b.attn_norm).__name__ for b in blocks} | {type(b.ffn_norm).__name__ for b in blocks} | {
+    norm_kinds = {type(b.mixer_norm).__name__ for b in blocks} | {type(b.ffn_norm).__name__ for b in blocks} | {
         type(model.final_norm).__name__}
     sizes = {(None if a.q_proj is not None else a.q_a_proj.out_features, a.kv_lora_rank, a.nope_dim, a.rope_dim,
-              a.v_dim) for a in (b.attention for b in blocks)}
+              a.v_dim) for a in (b.mixer for b in blocks)}
     q_lora_rank, kv_lora_rank, nope, rope, v = _single(sizes, "the MLA sizes")
-    attn = blocks[0].attention
+    attn = blocks[0].mixer
     return _finish_facts(model, ModelFacts(
         vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
-        n_heads=_single({b.attention.n_heads for b in blocks}, "n_heads"), n_kv_heads=attn.n_heads,
+        n_heads=_single({b.mixer.n_heads for b in blocks}, "n_heads"), n_kv_heads=attn.n_heads,
         head_dim=rope, max_seq_len=model.max_seq_len,
         norm_eps=float(_single({m.eps for m in norms}, "the norm eps")),
         norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",

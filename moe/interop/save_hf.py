@@ -40,7 +40,7 @@ from moe.finetune import resolve_tokenizer
 from moe.interop.hf_export import export_hf
 from moe.interop.tokenizer_export import tokenizer_files, trained_with_bytes, write_tokenizer_files
 
-DEFAULT_ROPE_THETA = 10000.0  # DecoderLM's default, used when the model node does not set rope_theta
+DEFAULT_ROPE_THETA = 10000.0  # build_decoder's default, used when the model node does not set rope_theta
 
 
 def _load_source(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Build a model from the resolved run config (the ``model``, ``router``, ``experts`` and ``balance``
-nodes of ``config.yaml``) — shared by training and :func:`moe.load_model`."""
+nodes of ``config.yaml``) — shared by training and :func:`moe.load_model`. Targets renamed since a
+config was written (e.g. ``_target_: moe.models.DecoderLM``) are renamed first (moe/config_upgrade.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 
 from torch import nn
 
+from moe.config_upgrade import upgrade_config
 from moe.spec import instantiate
 
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
+    config = upgrade_config(dict(config), former_defaults=False)  # renamed targets only
     model_cfg = config["model"]
     if int(model_cfg.get("num_experts", 0)) == 0:
         return instantiate(model_cfg, "model")

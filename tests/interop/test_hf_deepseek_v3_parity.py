@@ -40,8 +40,8 @@ def test_deepseek_v3_logits_match_transformers(tmp_path, q_lora_rank, rope_inter
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
-    assert ours.moe_indices == [1, 2] and isinstance(ours.blocks[0].attention, MLAttention)
-    assert (ours.blocks[0].attention.q_proj is None) == (q_lora_rank is not None)
+    assert ours.moe_indices == [1, 2] and isinstance(ours.blocks[0].mixer, MLAttention)
+    assert (ours.blocks[0].mixer.q_proj is None) == (q_lora_rank is not None)
     shared = ours.moe_layers[0].shared_expert
     assert shared.gate is None and shared.ffn.up.weight.shape == (32, 64)
 

@@ -59,8 +59,8 @@ def test_logits_match_hf(tmp_path, arch, tie):
     ours = load_model(tmp_path)
     assert isinstance(ours, DecoderLM) and not ours.training
     assert (ours.lm_head.weight is ours.embed.weight) == tie
-    assert ours.blocks[0].attention.q_proj.bias is not None if arch == "qwen2" else True
-    assert (ours.blocks[0].attention.q_norm is not None) == (arch == "qwen3")
+    assert ours.blocks[0].mixer.q_proj.bias is not None if arch == "qwen2" else True
+    assert (ours.blocks[0].mixer.q_norm is not None) == (arch == "qwen3")
     _assert_parity(hf_model, ours)
 
 
@@ -76,7 +76,7 @@ def test_config_mapping():
     cfg = model_config_from_hf({**TINY, "model_type": "mistral", "rope_theta": 1e6, "rms_norm_eps": 1e-5,
                                 "sliding_window": 4096, "max_position_embeddings": 131072,
                                 "tie_word_embeddings": True})
-    assert cfg == {"_target_": "moe.models.DecoderLM", "vocab_size": 128, "d_model": 64, "n_layers": 2,
+    assert cfg == {"_target_": "moe.models.build_decoder", "vocab_size": 128, "d_model": 64, "n_layers": 2,
                    "n_heads": 4, "n_kv_heads": 2, "d_ff": 96, "max_seq_len": 4096, "rope_theta": 1e6,
                    "norm_eps": 1e-5, "qk_norm": False, "qk_norm_scope": "head", "attention_bias": False,
                    "tie_embeddings": True, "num_experts": 0}

@@ -42,10 +42,10 @@ def test_qwen3_moe_logits_match_transformers(tmp_path):
     config = transformers.Qwen3MoeConfig(**SIZES, intermediate_size=96, moe_intermediate_size=32,
                                          num_hidden_layers=2, head_dim=16, num_experts=4, norm_topk_prob=True)
     ours = load_and_compare(transformers.Qwen3MoeForCausalLM, config, tmp_path)
-    assert ours.moe_indices == [0, 1] and ours.blocks[0].attention.q_norm.weight.shape == (16,)  # per head
+    assert ours.moe_indices == [0, 1] and ours.blocks[0].mixer.q_norm.weight.shape == (16,)  # per head
 
 
 def test_olmoe_logits_match_transformers(tmp_path):
     config = transformers.OlmoeConfig(**SIZES, intermediate_size=32, num_hidden_layers=2, num_experts=4)
     ours = load_and_compare(transformers.OlmoeForCausalLM, config, tmp_path)
-    assert ours.blocks[0].attention.q_norm.weight.shape == (64,)  # full width, not per head
+    assert ours.blocks[0].mixer.q_norm.weight.shape == (64,)  # full width, not per head

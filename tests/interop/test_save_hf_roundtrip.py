@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 V, S = 97, 24
-MODEL = {"_target_": "moe.models.DecoderLM", "vocab_size": V, "d_model": 64, "n_layers": 2, "n_heads": 4,
+MODEL = {"_target_": "moe.models.build_decoder", "vocab_size": V, "d_model": 64, "n_layers": 2, "n_heads": 4,
          "n_kv_heads": 2, "d_ff": 96, "max_seq_len": 48, "rope_theta": 5000.0, "norm_eps": 1e-5,
          "tie_embeddings": False}
 MOE = {"num_experts": 4, "expert_d_ff": 32}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from moe.balance import SwitchAuxLoss, ZLoss
 from moe.experts import GroupedExperts
-from moe.models import DecoderLM
+from moe.models import DecoderLM, build_decoder
 from moe.routers import TopKRouter
 
 SMALL = dict(vocab_size=50, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=16)
@@ -24,7 +24,7 @@ def moe_model(**overrides) -> DecoderLM:
                    "z_loss": functools.partial(ZLoss, coeff=0.001)},
     )
     kwargs.update(overrides)
-    return DecoderLM(**kwargs)
+    return build_decoder(**kwargs)
 
 
 def test_loss_is_lm_loss_plus_scaled_aux_losses_of_each_moe_layer():
@@ -41,7 +41,7 @@ def test_loss_is_lm_loss_plus_scaled_aux_losses_of_each_moe_layer():
 
 
 def test_dense_model_has_no_moe_layers_and_no_aux_loss():
-    model = DecoderLM(**SMALL)
+    model = build_decoder(**SMALL)
     ids = torch.randint(0, 50, (2, 8))
     out = model(ids[:, :-1], ids[:, 1:])
     assert model.moe_layers == [] and out.aux_losses == {} and torch.equal(out.loss, out.lm_loss)

@@ -1,4 +1,4 @@
-"""Multi-head latent attention: the paper's formulas, causality, the DecoderLM option (init, errors)
+"""Multi-head latent attention: the paper's formulas, causality, the model.attention=mla option (init, errors)
 and a few training steps through the Hydra config path."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from moe.models import DecoderLM
+from moe.models import build_decoder
 from moe.models.attention import apply_rope
 from moe.models.build import build_model
 from moe.models.mla import MLAttention
@@ -57,11 +57,11 @@ def test_mla_is_causal():
 
 
 def test_decoder_mla_names_and_residual_init():
-    gqa = DecoderLM(**SMALL, n_kv_heads=2)
-    assert "blocks.0.attention.kv_proj.weight" in dict(gqa.named_parameters())  # default unchanged
-    model = DecoderLM(**{**SMALL, "d_model": 256, "n_layers": 8}, attention="mla", q_lora_rank=128,
+    gqa = build_decoder(**SMALL, n_kv_heads=2)
+    assert "blocks.0.mixer.kv_proj.weight" in dict(gqa.named_parameters())  # default unchanged
+    model = build_decoder(**{**SMALL, "d_model": 256, "n_layers": 8}, attention="mla", q_lora_rank=128,
                       kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
-    attention = model.blocks[0].attention
+    attention = model.blocks[0].mixer
     assert isinstance(attention, MLAttention)
     # o_proj writes into the residual stream: std init_std/sqrt(2L), the others init_std
     assert attention.o_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
@@ -81,7 +81,7 @@ def test_decoder_mla_names_and_residual_init():
 )
 def test_bad_mla_options_fail_at_build_time(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        DecoderLM(**SMALL, **{**SIZES, **overrides})
+        build_decoder(**SMALL, **{**SIZES, **overrides})
 
 
 def test_attention_mla_trains_through_the_config_path():
@@ -89,18 +89,18 @@ def test_attention_mla_trains_through_the_config_path():
 
     config = compose("experiment=smoke", "model.attention=mla", "model.q_lora_rank=24", "model.kv_lora_rank=16")
     model = build_model(config)
-    assert isinstance(model.blocks[0].attention, MLAttention) and model.moe_layers
+    assert isinstance(model.blocks[0].mixer, MLAttention) and model.moe_layers
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = torch.randint(0, config["model"]["vocab_size"], (4, 33))
-    before = model.blocks[0].attention.kv_b_proj.weight.detach().clone()
+    before = model.blocks[0].mixer.kv_b_proj.weight.detach().clone()
     losses = []
     for _ in range(3):
         out = model(ids[:, :-1], ids[:, 1:])
         optimizer.zero_grad()
         out.loss.backward()
-        assert all(p.grad is not None for n, p in model.named_parameters() if ".attention." in n)
+        assert all(p.grad is not None for n, p in model.named_parameters() if ".mixer." in n)
         optimizer.step()
         model.on_optimizer_step()
         losses.append(out.loss.item())
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    assert not torch.equal(before, model.blocks[0].attention.kv_b_proj.weight)
+    assert not torch.equal(before, model.blocks[0].mixer.kv_b_proj.weight)

@@ -10,7 +10,7 @@ from conftest import group_files, load_group_option
 
 from moe.balance import SwitchAuxLoss
 from moe.experts import GroupedExperts
-from moe.models import DecoderLM
+from moe.models import build_decoder
 from moe.spec import instantiate
 
 ROUTERS = [p.stem for p in group_files("router")]
@@ -72,7 +72,7 @@ def test_deterministic_in_eval_mode(name):
 @pytest.mark.parametrize("name", ROUTERS)
 def test_a_few_training_steps_stay_finite(name):
     spec = load_group_option("router", name)
-    model = DecoderLM(vocab_size=V, d_model=D, n_layers=2, n_heads=2, d_ff=32, max_seq_len=16, num_experts=E,
+    model = build_decoder(vocab_size=V, d_model=D, n_layers=2, n_heads=2, d_ff=32, max_seq_len=16, num_experts=E,
                       expert_d_ff=16, router=instantiate(spec, "router"), experts=GroupedExperts,
                       balancers={"switch_aux": functools.partial(SwitchAuxLoss)})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

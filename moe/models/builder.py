@@ -1,0 +1,170 @@
+"""The model builder: validate a model config and wire a :class:`moe.models.decoder.DecoderLM` from
+its parts (torchtune's component builders). ``build_decoder`` is the ``_target_`` of every model
+config; its keyword arguments are the ``model`` node's keys, plus the ``router``, ``experts`` and
+``balancers`` factories that :func:`moe.models.build.build_model` instantiates from the run config.
+
+Every block is (token mixer, FFN). The layer plan names both per block: the mixer from
+``model.attention`` (``gqa`` or ``mla``; a new mixer is one entry in ``MIXERS``), the FFN from the
+layer pattern (moe/models/pattern.py): ``moe`` for the MoE blocks, ``dense`` for the others (``none``,
+an attention-only block, is supported by :class:`Block` for hybrid patterns).
+
+Parts are created in a fixed order (embedding, positions, then each block's mixer and FFN, final norm,
+head) and then initialised by :meth:`DecoderLM.reset_parameters`, so a seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from moe.layer import MoELayer
+from moe.models.attention import Attention
+from moe.models.decoder import Block, DecoderLM
+from moe.models.ffn import GELUMLP, SwiGLU
+from moe.models.mla import MLAttention
+from moe.models.pattern import moe_block_indices
+from moe.shared_expert import SharedExpert
+
+NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
+POSITIONS = ("rope", "learned")
+MLPS = {"swiglu": SwiGLU, "gelu": GELUMLP}
+
+
+def _gqa(o: Mapping[str, Any]) -> nn.Module:
+    return Attention(d_model=o["d_model"], n_heads=o["n_heads"], n_kv_heads=o["n_kv_heads"] or o["n_heads"],
+                     max_seq_len=o["max_seq_len"], rope_theta=o["rope_theta"], qk_norm=o["qk_norm"],
+                     qk_norm_scope=o["qk_norm_scope"], norm_eps=o["norm_eps"], attention_bias=o["attention_bias"],
+                     out_bias=o["attention_out_bias"], rope=o["position"] == "rope")
+
+
+def _mla(o: Mapping[str, Any]) -> nn.Module:
+    # n_kv_heads is unused: every head gets its own k, v from the shared latent
+    return MLAttention(d_model=o["d_model"], n_heads=o["n_heads"], max_seq_len=o["max_seq_len"],
+                       rope_theta=o["rope_theta"], q_lora_rank=o["q_lora_rank"], kv_lora_rank=o["kv_lora_rank"],
+                       qk_nope_head_dim=o["qk_nope_head_dim"], qk_rope_head_dim=o["qk_rope_head_dim"],
+                       v_head_dim=o["v_head_dim"])
+
+
+# model.attention -> the token mixer of every block, built from the model options
+MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla}
+# options a mixer cannot take, with the only value it allows
+MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"}}
+
+
+def build_decoder(
+    *,
+    vocab_size: int,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int | None = None,
+    d_ff: int,
+    max_seq_len: int,
+    rope_theta: float = 10000.0,
+    norm_eps: float = 1e-6,
+    qk_norm: bool = False,
+    qk_norm_scope: str = "head",
+    attention_bias: bool = False,
+    attention_out_bias: bool = False,
+    attention: str = "gqa",
+    q_lora_rank: int | None = None,
+    kv_lora_rank: int | None = None,
+    qk_nope_head_dim: int | None = None,
+    qk_rope_head_dim: int | None = None,
+    v_head_dim: int | None = None,
+    norm: str = "rmsnorm",
+    position: str = "rope",
+    mlp: str = "swiglu",
+    tie_embeddings: bool = True,
+    init_std: float = 0.02,
+    num_experts: int = 0,
+    expert_d_ff: int | None = None,
+    num_shared_experts: int = 0,
+    shared_expert_d_ff: int | None = None,
+    shared_expert_gate: bool = False,
+    capacity_factor: float | None = None,
+    eval_capacity_factor: float | None = None,
+    drop_policy: str = "probs",
+    moe_every: int = 1,
+    moe_first_dense: int = 0,
+    moe_layers: Sequence[int] | None = None,
+    router: Callable[..., nn.Module] | None = None,
+    experts: Callable[..., nn.Module] | None = None,
+    balancers: Mapping[str, Callable[..., nn.Module]] | None = None,
+) -> DecoderLM:
+    """A decoder-only LM from the ``model`` node; ``router``, ``experts`` and each of ``balancers`` are
+    factories (Hydra ``_partial_: true``) called once per MoE layer, so stateful parts are per layer."""
+    options = dict(locals())
+    check_model_options(options)
+    plan = layer_plan(options)
+    embed = nn.Embedding(vocab_size, d_model)
+    pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None
+    blocks = []
+    for i, (mixer, ffn) in enumerate(plan):
+        blocks.append(Block(mixer=MIXERS[mixer](options), ffn=_ffn(ffn, i, options),
+                            mixer_norm=NORMS[norm](d_model, eps=norm_eps),
+                            ffn_norm=None if ffn == "none" else NORMS[norm](d_model, eps=norm_eps)))
+    final_norm = NORMS[norm](d_model, eps=norm_eps)
+    lm_head = nn.Linear(d_model, vocab_size, bias=False)
+    if tie_embeddings:
+        lm_head.weight = embed.weight
+    model = DecoderLM(embed=embed, pos_embed=pos_embed, blocks=blocks, final_norm=final_norm, lm_head=lm_head,
+                      max_seq_len=max_seq_len, init_std=init_std, rope_theta=rope_theta)
+    model.reset_parameters()
+    return model
+
+
+def check_model_options(o: Mapping[str, Any]) -> None:
+    """Build-time checks of the ``model`` node; each error names the key, the value and what is allowed."""
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+        if o[name] < 1:
+            raise ValueError(f"model.{name}={o[name]} must be >= 1")
+    if o["num_experts"] < 0:
+        raise ValueError(f"model.num_experts={o['num_experts']} must be >= 0 (0 = dense model)")
+    if o["num_shared_experts"] < 0:
+        raise ValueError(f"model.num_shared_experts={o['num_shared_experts']} must be >= 0")
+    for name, allowed in (("norm", tuple(NORMS)), ("position", POSITIONS), ("mlp", tuple(MLPS)),
+                          ("attention", tuple(MIXERS))):
+        if o[name] not in allowed:
+            raise ValueError(f"model.{name}={o[name]!r} is not one of {allowed}")
+    for name, fine in MIXER_LIMITS.get(o["attention"], {}).items():
+        if o[name] != fine:
+            raise ValueError(f"model.{name}={o[name]!r} is not supported with model.attention={o['attention']} "
+                             f"(allowed: {fine!r})")
+    if o["num_experts"] > 0 and o["mlp"] != "swiglu":
+        raise ValueError(f"model.mlp={o['mlp']!r}: MoE experts are SwiGLU; a GELU MLP model stays dense "
+                         f"(upcycle it with moe.upcycle.upcycle_module)")
+
+
+def layer_plan(o: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(mixer, ffn) of every block: the mixer from ``model.attention``, the FFN ``moe`` at the indices of
+    the layer pattern and ``dense`` elsewhere."""
+    moe_indices = []
+    if o["num_experts"] > 0:
+        moe_indices = moe_block_indices(n_layers=o["n_layers"], every=o["moe_every"],
+                                        first_dense=o["moe_first_dense"], layers=o["moe_layers"])
+    if moe_indices and (o["router"] is None or o["experts"] is None):
+        raise ValueError("an MoE model (num_experts > 0) needs a router and an experts factory")
+    return [(o["attention"], "moe" if i in moe_indices else "dense") for i in range(o["n_layers"])]
+
+
+def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:
+    """The FFN of block ``index``: ``dense`` (SwiGLU or GELU MLP), ``moe`` or ``none``."""
+    if kind == "none":
+        return None
+    if kind == "dense":
+        return MLPS[o["mlp"]](d_model=o["d_model"], d_ff=o["d_ff"])
+    d_model, num_experts, expert_d_ff = o["d_model"], o["num_experts"], o["expert_d_ff"] or o["d_ff"]
+    # created in this order (router, experts, balancers, shared expert): routers keep their
+    # construction-time init, so the order fixes which random numbers they draw
+    router = o["router"](d_model=d_model, num_experts=num_experts)
+    experts = o["experts"](num_experts=num_experts, d_model=d_model, d_ff=expert_d_ff)
+    balancers = {name: make() for name, make in (o["balancers"] or {}).items()}
+    shared = SharedExpert(d_model=d_model, num_experts=o["num_shared_experts"],
+                          d_ff=o["shared_expert_d_ff"] or expert_d_ff, gate=o["shared_expert_gate"],
+                          ) if o["num_shared_experts"] else None
+    return MoELayer(router=router, experts=experts, balancers=balancers, shared_expert=shared, layer_index=index,
+                    capacity_factor=o["capacity_factor"], eval_capacity_factor=o["eval_capacity_factor"],
+                    drop_policy=o["drop_policy"])
