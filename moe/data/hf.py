@@ -88,17 +88,8 @@ def build_hf(
 
     default_domain = name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
     tokenizer = ByteTokenizer()
-    rows: dict[str, list[tuple[str, object]]] = {}  # domain -> [(row id, token ids)]
-    columns = [text_field] + ([domain_field] if domain_field else [])
-    index = 0
-    for batch in dataset.select_columns(columns).iter(batch_size=_BATCH_ROWS):
-        for i, text in enumerate(batch[text_field], start=index):
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"data.text_field={text_field!r}: row {i} holds a {type(text).__name__}, not text")
-            if text:  # empty rows (wikitext's blank lines) would only add eos tokens
-                domain = str(batch[domain_field][i - index]) if domain_field else default_domain
-                rows.setdefault(domain, []).append((f"row:{i}", tokenizer.encode_array(text)))
-        index += len(batch[text_field])
+    rows = _tokenized_rows(dataset, tokenizer, text_field=text_field, domain_field=domain_field,
+                           default_domain=default_domain)
     if not rows:
         raise ValueError(f"data: every row of {path} has an empty {text_field!r}")
 
@@ -122,3 +113,21 @@ def build_hf(
     stats["documents"] = {side: {d: len(v) for d, v in docs.items()} for side, docs in sides.items()}
     return DataBundle(train=packed["train"], val=packed["val"], tokenizer=tokenizer, domains=domains,
                       unigram_entropy=unigram_entropy(packed["train"].input_ids, tokenizer.vocab_size), stats=stats)
+
+
+def _tokenized_rows(dataset, tokenizer: ByteTokenizer, *, text_field: str, domain_field: str | None,
+                    default_domain: str) -> dict[str, list[tuple[str, object]]]:
+    """domain -> [(row id, token ids)] of the non-empty rows (empty rows, e.g. wikitext's blank lines,
+    would only add eos tokens)."""
+    rows: dict[str, list[tuple[str, object]]] = {}
+    columns = [text_field] + ([domain_field] if domain_field else [])
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=_BATCH_ROWS):
+        for i, text in enumerate(batch[text_field], start=index):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"data.text_field={text_field!r}: row {i} holds a {type(text).__name__}, not text")
+            if text:
+                domain = str(batch[domain_field][i - index]) if domain_field else default_domain
+                rows.setdefault(domain, []).append((f"row:{i}", tokenizer.encode_array(text)))
+        index += len(batch[text_field])
+    return rows

@@ -85,29 +85,12 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
     window_flag = model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
     qk_norm = model_type in ("qwen3", "qwen3_moe", "olmoe")
     qk_norm_scope = "full" if model_type == "olmoe" else "head"  # OLMoE normalises q and k over all heads
-    if cfg.get("clip_qkv") is not None:
-        raise ValueError(f"{source}: clip_qkv={cfg['clip_qkv']} is not supported")
     if model_type == "deepseek_v3":  # MLA: head_dim is qk_rope_head_dim; hf_deepseek_v3.py reads the MLA sizes
         cfg = {key: value for key, value in cfg.items() if key != "head_dim"}
     if model_type in backbone:
         model_type = backbone[model_type]
         cfg = {**cfg, "model_type": model_type}
-    act = cfg.get("hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise ValueError(f"{source}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
-    if cfg.get("mlp_bias"):
-        raise ValueError(f"{source}: mlp_bias=true is not supported")
-    # Llama's attention_bias also puts a bias on o_proj, which our Attention does not have;
-    # Qwen2 always has q/k/v biases and none on o_proj.
-    if model_type == "qwen2":
-        attention_bias = True
-    elif cfg.get("attention_bias"):
-        raise ValueError(f"{source}: attention_bias=true (bias on o_proj too) is not supported")
-    else:
-        attention_bias = False
-    if cfg.get("pretraining_tp", 1) not in (1, None):
-        raise ValueError(f"{source}: pretraining_tp={cfg['pretraining_tp']} is not supported")
-
+    attention_bias = _checked_features(cfg, source)
     d_model, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     n_kv_heads = int(cfg.get("num_key_value_heads") or n_heads)
     head_dim = cfg.get("head_dim")
@@ -116,17 +99,7 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
             f"{source}: head_dim={head_dim} differs from hidden_size/num_attention_heads="
             f"{d_model // n_heads}; not supported (moe-lab's attention uses head_dim = d_model / n_heads)"
         )
-    max_pos = int(cfg.get("max_position_embeddings", MAX_SEQ_LEN_CAP))
-    seq_len = int(max_seq_len) if max_seq_len is not None else min(max_pos, MAX_SEQ_LEN_CAP)
-
-    # Sliding-window attention equals full causal attention while the sequence fits in the window.
-    window = cfg.get("sliding_window")
-    uses_window = window is not None and (not window_flag or cfg.get("use_sliding_window", False))
-    if uses_window and int(window) < seq_len:
-        raise ValueError(
-            f"{source}: sliding_window={window} is shorter than max_seq_len={seq_len}; sliding-window "
-            f"attention is not supported, pass max_seq_len <= {window}"
-        )
+    seq_len = _checked_seq_len(cfg, source, max_seq_len=max_seq_len, window_flag=window_flag)
     return {
         "_target_": "moe.models.build_decoder",
         "vocab_size": int(cfg["vocab_size"]),
@@ -144,6 +117,41 @@ def model_config_from_hf(config_json: Mapping[str, Any], *, max_seq_len: int | N
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "num_experts": 0,
     }
+
+
+def _checked_features(cfg: Mapping[str, Any], source: str) -> bool:
+    """Refuse what would change the function; returns whether q/k/v carry biases (Qwen2)."""
+    if cfg.get("clip_qkv") is not None:
+        raise ValueError(f"{source}: clip_qkv={cfg['clip_qkv']} is not supported")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"{source}: hidden_act={act!r} is not supported (only silu, as SwiGLU)")
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{source}: mlp_bias=true is not supported")
+    if cfg.get("pretraining_tp", 1) not in (1, None):
+        raise ValueError(f"{source}: pretraining_tp={cfg['pretraining_tp']} is not supported")
+    # Llama's attention_bias also puts a bias on o_proj, which our Attention does not have;
+    # Qwen2 always has q/k/v biases and none on o_proj.
+    if cfg["model_type"] == "qwen2":
+        return True
+    if cfg.get("attention_bias"):
+        raise ValueError(f"{source}: attention_bias=true (bias on o_proj too) is not supported")
+    return False
+
+
+def _checked_seq_len(cfg: Mapping[str, Any], source: str, *, max_seq_len: int | None, window_flag: bool) -> int:
+    """``max_seq_len``, or min(max_position_embeddings, MAX_SEQ_LEN_CAP); refuses a shorter sliding window
+    (sliding-window attention equals full causal attention while the sequence fits in the window)."""
+    max_pos = int(cfg.get("max_position_embeddings", MAX_SEQ_LEN_CAP))
+    seq_len = int(max_seq_len) if max_seq_len is not None else min(max_pos, MAX_SEQ_LEN_CAP)
+    window = cfg.get("sliding_window")
+    uses_window = window is not None and (not window_flag or cfg.get("use_sliding_window", False))
+    if uses_window and int(window) < seq_len:
+        raise ValueError(
+            f"{source}: sliding_window={window} is shorter than max_seq_len={seq_len}; sliding-window "
+            f"attention is not supported, pass max_seq_len <= {window}"
+        )
+    return seq_len
 
 
 def _read_config(hf_dir: Path) -> dict[str, Any]:
@@ -216,8 +224,8 @@ def hf_run_config(hf_dir: str | Path, *, max_seq_len: int | None = None) -> dict
 
 
 def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device: str = "cpu") -> DecoderLM:
-    """Build a :class:`DecoderLM` from a HF Llama / Mistral / Qwen2 model directory and copy its
-    weights in (cast to the model's float32). Returns the model in eval mode on ``device``.
+    """Build a :class:`DecoderLM` from a HF model directory (any of ``SUPPORTED``, dense or MoE) and
+    copy its weights in (cast to the model's float32). Returns the model in eval mode on ``device``.
 
     Raises FileNotFoundError for a missing config.json or weights file, ValueError for an
     unsupported model_type / feature, a missing or unexpected tensor, or a shape mismatch."""
@@ -229,66 +237,77 @@ def load_hf_dense(hf_dir: str | Path, *, max_seq_len: int | None = None, device:
     model = build_model(run_config)
     params = dict(model.named_parameters())  # tied lm_head is shared with embed and listed once
     params.update(model.named_buffers())  # e.g. DeepSeek-V3's router bias → router.selection_bias_E
-
-    handles = [safe_open(str(f), framework="pt") for f in files]
-    where: dict[str, Any] = {}
-    for f, handle in zip(files, handles):
-        for key in handle.keys():
-            where[key] = (f, handle)
-
-    def tensor(name: str) -> torch.Tensor:
-        if name not in where:
-            raise ValueError(f"tensor {name} is missing from {', '.join(str(f) for f in files)}")
-        return where[name][1].get_tensor(name)
-
-    used: set[str] = set()
+    tensors = _TensorFiles(files)
     with torch.no_grad():
-        mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
-        deepseek_v3_map = functools.partial(deepseek_v3_tensor_map,
-                                            rope_interleave=bool(config_json.get("rope_interleave", True)))
-        moe_map = {"mixtral": mixtral_tensor_map, "qwen2_moe": qwen2_moe_tensor_map,
-                   "qwen3_moe": qwen2_moe_tensor_map, "olmoe": qwen2_moe_tensor_map,
-                   "deepseek_v3": deepseek_v3_map}.get(config_json["model_type"])
-        if moe_map:
-            mapping.update(moe_map(model_cfg))
-        for ours, hf_names in mapping.items():
-            target = params[ours]
-            if isinstance(hf_names, tuple):  # (names, combine): GPT-2's transposed / fused tensors
-                hf_names, combine = hf_names
-                value = combine(*[tensor(name) for name in hf_names])
-                if value.shape != target.shape:
-                    raise ValueError(f"tensor {hf_names[0]} gives shape {tuple(value.shape)} for {ours}, "
-                                     f"expected {tuple(target.shape)} (from config.json)")
-                target.copy_(value)
-                used.update(hf_names)
-                continue
-            parts = [tensor(name) for name in hf_names]
-            if len(parts) == 2:  # k_proj, v_proj → kv_proj: the output is viewed as (2, G, d)
-                half = (target.shape[0] // 2, *target.shape[1:])
-                for name, part in zip(hf_names, parts):
-                    if tuple(part.shape) != half:
-                        raise ValueError(f"tensor {name} has shape {tuple(part.shape)}, expected {half} "
-                                         f"(from config.json)")
-                value = torch.cat(parts, dim=0)
-            else:
-                value = parts[0]
-                if value.shape != target.shape:
-                    raise ValueError(f"tensor {hf_names[0]} has shape {tuple(value.shape)}, expected "
-                                     f"{tuple(target.shape)} (from config.json)")
-            target.copy_(value)
-            used.update(hf_names)
+        for ours, hf_names in _tensor_map(config_json, model_cfg).items():
+            params[ours].copy_(_hf_value(ours, hf_names, params[ours].shape, tensors))
     unexpected = sorted(
-        k for k in where if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+        k for k in tensors.where if k not in tensors.used and not k.endswith(_IGNORED_SUFFIXES)
         and not (k == "lm_head.weight" and model_cfg["tie_embeddings"])
         # an empty tensor holds no weights: transformers writes DeepSeek-V3's shared_experts with
         # n_shared_experts=0 (and Qwen2-MoE's shared_expert of width 0) as [0, D] / [D, 0] tensors
-        and not _is_empty(where[k][1], k)
+        and not _is_empty(tensors.where[k], k)
         # DeepSeek-V3's multi-token-prediction layers after the last block (transformers skips them too)
         and not (config_json["model_type"] == "deepseek_v3" and is_mtp_tensor(k, model_cfg["n_layers"]))
     )
     if unexpected:
         raise ValueError(f"{hf_dir} has tensors the {model_cfg['_target_']} cannot hold: {unexpected[:5]}")
     return model.to(device).eval()
+
+
+class _TensorFiles:
+    """The tensors of a HF checkpoint's safetensors files by name; remembers which were read."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.where: dict[str, Any] = {}
+        for f in files:
+            handle = safe_open(str(f), framework="pt")
+            for key in handle.keys():
+                self.where[key] = handle
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self.where:
+            raise ValueError(f"tensor {name} is missing from {', '.join(str(f) for f in self.files)}")
+        self.used.add(name)
+        return self.where[name].get_tensor(name)
+
+
+def _tensor_map(config_json: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Our parameter/buffer name → the HF tensor names that fill it (or (names, combine))."""
+    mapping = gpt2_tensor_map(model_cfg) if config_json["model_type"] == "gpt2" else _hf_names(model_cfg)
+    deepseek_v3_map = functools.partial(deepseek_v3_tensor_map,
+                                        rope_interleave=bool(config_json.get("rope_interleave", True)))
+    moe_map = {"mixtral": mixtral_tensor_map, "qwen2_moe": qwen2_moe_tensor_map,
+               "qwen3_moe": qwen2_moe_tensor_map, "olmoe": qwen2_moe_tensor_map,
+               "deepseek_v3": deepseek_v3_map}.get(config_json["model_type"])
+    if moe_map:
+        mapping.update(moe_map(model_cfg))
+    return mapping
+
+
+def _hf_value(ours: str, hf_names: Any, shape: torch.Size, tensor: _TensorFiles) -> torch.Tensor:
+    """The value of our tensor ``ours`` from its HF tensors, shape-checked against ``shape``."""
+    if isinstance(hf_names, tuple):  # (names, combine): GPT-2's transposed / fused tensors
+        hf_names, combine = hf_names
+        value = combine(*[tensor(name) for name in hf_names])
+        if value.shape != shape:
+            raise ValueError(f"tensor {hf_names[0]} gives shape {tuple(value.shape)} for {ours}, "
+                             f"expected {tuple(shape)} (from config.json)")
+        return value
+    parts = [tensor(name) for name in hf_names]
+    if len(parts) == 2:  # k_proj, v_proj → kv_proj: the output is viewed as (2, J, d)
+        half = (shape[0] // 2, *shape[1:])
+        for name, part in zip(hf_names, parts):
+            if tuple(part.shape) != half:
+                raise ValueError(f"tensor {name} has shape {tuple(part.shape)}, expected {half} "
+                                 f"(from config.json)")
+        return torch.cat(parts, dim=0)
+    if parts[0].shape != shape:
+        raise ValueError(f"tensor {hf_names[0]} has shape {tuple(parts[0].shape)}, expected "
+                         f"{tuple(shape)} (from config.json)")
+    return parts[0]
 
 
 def _is_empty(handle: Any, name: str) -> bool:
