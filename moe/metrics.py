@@ -148,8 +148,8 @@ class RoutingAccumulator:
 
 
 class MetricWindow:
-    """Losses and routing statistics of the micro-steps between two log steps, summed on the device
-    (moe/metrics.py): ``add`` never waits for the device, ``summary`` reads everything in one transfer."""
+    """Losses and routing statistics of the training micro-steps between two log steps, summed on the
+    device: ``add`` never waits for the device, ``summary`` reads everything in one transfer."""
 
     def __init__(self):
         self.sums = RunningSums()
