@@ -2,6 +2,7 @@
 same active parameters.
 
     .venv/bin/python bench/train_throughput.py [--quick] [--compile] [--dtype bf16] [--steps N] [--json PATH]
+        [--experts capacity pad_multiple=64]        # another experts config for the MoE
 
 Models, built with ``moe.models.build.build_model`` from the repository's own config files:
 
@@ -61,9 +62,14 @@ def model_config(name: str) -> dict:
     return {**merged, **spec}
 
 
-def configs() -> dict[str, dict]:
+def configs(experts: list[str]) -> dict[str, dict]:
+    """The two models; ``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
     balance = {**load("balance", "switch_aux"), **load("balance", "z_loss")}
-    shared = {"router": load("router", "top_k"), "experts": load("experts", "grouped"), "balance": balance}
+    experts_cfg = load("experts", experts[0])
+    for override in experts[1:]:
+        key, value = override.split("=", 1)
+        experts_cfg[key] = yaml.safe_load(value)
+    shared = {"router": load("router", "top_k"), "experts": experts_cfg, "balance": balance}
     return {"moe": {"model": model_config("moe_tiny"), **shared},
             "dense": {"model": model_config("dense_tiny"), **shared}}
 
@@ -88,6 +94,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--experts", nargs="+", default=["grouped"], metavar="NAME [KEY=VALUE]",
+                        help="the MoE's experts config and overrides (default: grouped), e.g. capacity pad_multiple=64")
     parser.add_argument("--json", type=Path, default=None, help="write {meta, rows} here")
     args = parser.parse_args()
     if args.threads:
@@ -97,7 +105,7 @@ def main() -> None:
     if args.compile:
         warmup = max(warmup, 3)  # the first compiled steps compile (and may recompile once)
 
-    cfgs = configs()
+    cfgs = configs(args.experts)
     optim_cfg = load("optim", "adamw")
     variants = {}
     for name, cfg in cfgs.items():
@@ -148,7 +156,8 @@ def main() -> None:
             row["compile_s"] = sum(t - med for t in warm[name])
         rows.append(row)
     by = {r["model"]: r for r in rows}
-    print(f"{args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}x{SEQ}, "
+    print(f"{args.dtype}, experts {' '.join(args.experts)}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, batch {BATCH}x{SEQ}, "
           f"{warmup} warm-up + median of {steps} interleaved steps ({total_s:.0f} s)")
     print(f"{'model':>15} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
     for r in rows:
@@ -163,6 +172,7 @@ def main() -> None:
         print(f"{key}: {value:.2f}x")
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype,
+                "experts": args.experts,
                 "steps": steps, "warmup": warmup, "batch": [BATCH, SEQ], "compile": args.compile,
                 "allocator_env": ALLOCATOR_ENV, "ratios": ratios,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
