@@ -1,4 +1,4 @@
-"""Read a run's ``config.yaml`` written by an earlier moe-lab with today's code.
+"""Read a run's ``config.yaml`` (and its state-dict names) written by an earlier moe-lab with today's code.
 
 A checkpoint records the resolved config it was trained with. When a constructor loses a default
 (so that the config files hold the only one) or a class becomes a config of another, configs written
@@ -43,3 +43,16 @@ def upgrade_config(node: Any, *, former_defaults: bool = True) -> Any:
     if former_defaults and target in FORMER_DEFAULTS:
         node = {**FORMER_DEFAULTS[target], **node}
     return node
+
+
+def rename_state_keys(state_dict: dict[str, Any], prefix: str, renames: dict[str, str]) -> None:
+    """In place: keys of ``state_dict`` under ``prefix`` that start with an old name of ``renames``
+    get the new name instead (a module's ``_load_from_state_dict`` calls this for checkpoints written
+    before one of its parts moved or was renamed). A key already present under its new name wins."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in renames.items():
+            if key.startswith(prefix + old):
+                renamed = prefix + new + key[len(prefix + old):]
+                if renamed not in state_dict:
+                    state_dict[renamed] = state_dict.pop(key)
+                break

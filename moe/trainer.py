@@ -93,7 +93,9 @@ class Trainer:
         self.make_logger = instantiate(self.plan.config["logger"], "logger")
         self.tokens_per_micro_step = (trainer.batch_size * (data.train.input_ids.shape[1] - 1)
                                       * self.accelerator.num_processes)
-        self.val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)
+        val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)  # the same subset at every eval
+        self.val = (data.val.input_ids[val_ids], data.val.domain_ids[val_ids],
+                    None if data.val.loss_mask is None else data.val.loss_mask[val_ids])
 
     # -- the run directory: created only now, after every check has passed
 
@@ -175,11 +177,9 @@ class Trainer:
         return out, grad_norm
 
     def evaluate(self) -> dict[str, float]:
-        val = self.data.val
-        return evaluate(self.model, val.input_ids[self.val_ids], val.domain_ids[self.val_ids], self.data.domains,
-                        batch_size=self.plan.trainer.batch_size, device=self.accelerator.device,
-                        autocast=self.accelerator.autocast,
-                        loss_mask=None if val.loss_mask is None else val.loss_mask[self.val_ids])
+        input_ids, domain_ids, loss_mask = self.val
+        return evaluate(self.model, input_ids, domain_ids, self.data.domains, batch_size=self.plan.trainer.batch_size,
+                        device=self.accelerator.device, autocast=self.accelerator.autocast, loss_mask=loss_mask)
 
     def log(self, window: MetricWindow, grad_norm: torch.Tensor | None, eval_now: bool) -> None:
         """The window's record (with an evaluation when due) to metrics.jsonl and the logger."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe.config_upgrade import rename_state_keys
 from moe.layer import LayerAux, MoELayer
 
 
@@ -70,10 +71,7 @@ class Block(nn.Module):
         return x_BSD + self.ffn(h_BSD), None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            for old, new in self.LEGACY_KEYS.items():
-                if key.startswith(prefix + old):
-                    state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        rename_state_keys(state_dict, prefix, self.LEGACY_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moe.config_upgrade import rename_state_keys
 from moe.routers.scorers import check_router_sizes
 from moe.types import Routing
 
@@ -66,9 +67,7 @@ class Router(nn.Module):
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for old, new in self.LEGACY_KEYS.items():
-            if prefix + old in state_dict and prefix + new not in state_dict:
-                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        rename_state_keys(state_dict, prefix, self.LEGACY_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
