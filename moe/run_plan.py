@@ -5,11 +5,13 @@ the ``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train
 schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes and ``data.tokenizer=auto``
 is resolved (moe/finetune.py), which gives the config the run records in its config.yaml; the run
 directory is checked against ``trainer.resume``; a resumed run's schedule length is settled
-(moe/schedule_resume.py). Nothing later changes the config.
+(moe/schedule_resume.py); ``trainer.mixed_precision: auto`` becomes bf16 or no for this machine in the
+parsed trainer node (moe/precision.py; config.yaml keeps the request). Nothing later changes the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 from moe.checkpoint import latest_checkpoint, read_config, read_meta
 from moe.finetune import adopt_checkpoint_config, resolve_tokenizer
 from moe.optim import warmup_cosine
+from moe.precision import resolve_mixed_precision
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.train_config import OptimConfig, TrainerConfig, from_mapping
 
@@ -60,6 +63,8 @@ def prepare_run(config: dict[str, Any]) -> RunPlan:
             multiplier_for=plan.schedule, lr=optim.lr)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
         raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
+    plan.trainer = dataclasses.replace(
+        trainer, mixed_precision=resolve_mixed_precision(trainer.mixed_precision, cpu=trainer.cpu))
     return plan
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from moe.config_types import describe, has_type
 from moe.schedule_resume import POLICIES as SCHEDULE_POLICIES
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")  # auto: bf16 where native, else no (moe/precision.py)
 # What trainer.freeze holds fixed (moe/finetune.py freeze_parameters): nothing, every router parameter,
 # the routed experts' weights, or everything except the routed experts' weights (Aurora-style fine-tuning).
 FREEZE = ("none", "router", "experts", "all_but_experts")

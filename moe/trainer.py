@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import save_model
 from tqdm.auto import tqdm
@@ -80,6 +81,10 @@ class Trainer:
         optimizer = build_optimizer(self.model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
                                     eps=optim.eps, router_lr_scale=optim.router_lr_scale)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.plan.schedule())
+        # accelerate keeps one process-wide state whose precision cannot change; a run is a fresh start, so
+        # a second run in the same process (a notebook, a test) may pick another precision. The process
+        # group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.cpu,
                                        gradient_accumulation_steps=trainer.grad_accum_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
@@ -230,7 +235,7 @@ class Trainer:
             "interrupted_by": interrupted_by, "train_loss": self.record.get("lm_loss"),
             "val_loss": val.get("val/loss"), "unigram_entropy": self.data.unigram_entropy,
             "tokens_per_s": self.record.get("tokens_per_s"), "trainable_params": self.trainable_params,
-            "total_params": self.total_params,
+            "total_params": self.total_params, "mixed_precision": self.plan.trainer.mixed_precision,
             "val_domain_losses": {k: v for k, v in val.items() if k.count("/") == 2 and k.endswith("/loss")},
             "checkpoints": [p.name for p in list_checkpoints(run_dir)],
         }
@@ -247,6 +252,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+_PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
@@ -256,5 +264,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     return (
         f"moe-lab: {state} step {summary['step']}/{summary['max_steps']} | val loss {fmt(summary['val_loss'])} "
         f"nats/token ({domains}) vs unigram entropy {fmt(summary['unigram_entropy'])} | train lm loss "
-        f"{fmt(summary['train_loss'])} | {summary['tokens_per_s'] or 0:.0f} tokens/s | {summary['run_dir']}"
+        f"{fmt(summary['train_loss'])} | {summary['tokens_per_s'] or 0:.0f} tokens/s "
+        f"({_PRECISION_NAMES.get(summary['mixed_precision'], summary['mixed_precision'])}) | {summary['run_dir']}"
     )

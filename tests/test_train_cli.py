@@ -92,7 +92,7 @@ def test_help_lists_every_group_with_its_choices_and_every_key_with_its_meaning(
     assert "  experiment  [none]\n" in done.stdout and "    smoke            A seconds-long run" in done.stdout
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         assert f"    {path.stem:<16} " in done.stdout, path
-    assert "  max_steps: 1875 " in done.stdout and "schedule_on_resume: error  # when a resumed run" in done.stdout
+    assert "  max_steps: 3275 " in done.stdout and "schedule_on_resume: error  # when a resumed run" in done.stdout
     assert "model.KEY=VALUE (configs/model/moe_tiny.yaml)" in done.stdout and "  num_experts: 16 " in done.stdout
 
 

@@ -243,7 +243,7 @@ def _save(cache_file: Path, payload: dict, key: str) -> None:
 
 
 def build_embedded(
-    *, seq_len: int, cache_dir: str | None = None, max_bytes_per_domain: int = 2_000_000,
+    *, seq_len: int, cache_dir: str | None = None, max_bytes_per_domain: int = 5_000_000,
     val_fraction: float = 0.05, seed: int = 0, domains: tuple[str, ...] | list[str] = DOMAINS,
 ) -> DataBundle:
     """The embedded corpus packed into sequences of ``seq_len + 1`` byte tokens (see the module doc).

@@ -1,10 +1,7 @@
 """The padded, static-shape backend: every expert gets the same number of rows C, so the three
-projections are plain batched matmuls over the stacked weights.
-
-    sort the assignments by expert (permute.py) → x_ND
-    scatter expert e's rows into slots [0, count_e) of a zero-padded buffer  x_ECD  [E, C, D]
-    h_ECF = SiLU(x_ECD @ W_gate) ⊙ (x_ECD @ W_up);   out_ECD = h_ECF @ W_down      (torch.bmm)
-    gather the valid rows back → out_ND, scale by the gate weights, index_add to the tokens
+projections are plain batched matmuls over the stacked weights (the kernel: moe/experts/padded.py).
+The assignments are sorted by expert (permute.py), run through the padded kernel, scaled by the gate
+weights and added back to their tokens.
 
 The capacity C (rows per expert, padding included):
 
@@ -16,9 +13,6 @@ The capacity C (rows per expert, padding included):
   expert has more rows than C this backend raises a RuntimeError: it never drops by itself. Dropping
   is a routing decision made before the experts (``model.capacity_factor``, moe/layer.py); set it
   to at most this backend's factor.
-
-Padded rows are zeros going in and their outputs are discarded, so they add nothing to y or to any
-gradient (SiLU(0)·0 = 0, so even the weight gradients get exact zeros from them).
 
 Cost and when it pays:
 
@@ -35,9 +29,9 @@ Cost and when it pays:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from moe.dropping import expert_capacity
+from moe.experts.padded import padded_expert_outputs, round_up
 from moe.experts.permute import combine, gather_rows, sort_by_expert
 from moe.experts.swiglu import SwiGLUExperts, compute_dtype
 from moe.types import Routing
@@ -77,7 +71,7 @@ class CapacityExperts(SwiGLUExperts):
         else:
             needed = expert_capacity(num_tokens=routing.num_tokens, top_k=routing.top_k,
                                      num_experts=self.num_experts, capacity_factor=self.capacity_factor)
-        capacity = -(-needed // self.pad_multiple) * self.pad_multiple
+        capacity = round_up(needed, self.pad_multiple)
         if max_count > capacity:
             raise RuntimeError(
                 f"CapacityExperts: an expert got {max_count} rows but the capacity is {capacity} "
@@ -94,30 +88,8 @@ class CapacityExperts(SwiGLUExperts):
         C = self.capacity(routing)
         sorted_ = sort_by_expert(routing)
         x_ND = gather_rows(x_TD, sorted_, dtype)
-        slot_N = self.slots(sorted_.tokens_per_expert_E, C)
-        out_ND = self.padded_outputs(x_ND, slot_N, C, self.stacked_weights(dtype))
+        out_ND = padded_expert_outputs(x_ND, sorted_.tokens_per_expert_E, C, self.stacked_weights(dtype))
         return combine(out_ND, sorted_, x_TD.shape[0])
-
-    @staticmethod
-    def slots(tokens_per_expert_E: torch.Tensor, capacity: int) -> torch.Tensor:
-        """slot_N: the flat row (e·C + position within e) of each expert-sorted assignment in x_ECD."""
-        E, device = tokens_per_expert_E.shape[0], tokens_per_expert_E.device
-        counts_E = tokens_per_expert_E.to(torch.long)
-        n = int(counts_E.sum())
-        expert_N = torch.repeat_interleave(torch.arange(E, device=device), counts_E, output_size=n)
-        starts_E = torch.cumsum(counts_E, 0) - counts_E
-        position_N = torch.arange(n, device=device) - starts_E[expert_N]
-        return expert_N * capacity + position_N
-
-    def padded_outputs(self, x_ND: torch.Tensor, slot_N: torch.Tensor, capacity: int, weights) -> torch.Tensor:
-        """FFN_e of every sorted row, computed on the zero-padded [E, C, D] buffer."""
-        w_gate_EDF, w_up_EDF, w_down_EFD = weights
-        E, D = self.num_experts, x_ND.shape[-1]
-        # index_copy: its backward w.r.t. the source is an index_select, so padded slots get no gradient
-        x_ECD = x_ND.new_zeros(E * capacity, D).index_copy(0, slot_N, x_ND).view(E, capacity, D)
-        h_ECF = F.silu(torch.bmm(x_ECD, w_gate_EDF)) * torch.bmm(x_ECD, w_up_EDF)
-        out_ECD = torch.bmm(h_ECF, w_down_EFD)
-        return out_ECD.reshape(E * capacity, D).index_select(0, slot_N)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, pad_multiple={self.pad_multiple}, "

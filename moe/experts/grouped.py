@@ -1,19 +1,30 @@
 """The default dispatch backend: sort the assignments by expert once, run every expert on its contiguous
 slice of rows, scale by the gate weights and scatter-add back (moe/experts/permute.py).
 
-Two ways to run the experts on the sorted rows x_ND (expert e owns rows [o_{e-1}, o_e), o = cumsum of
+Three ways to run the experts on the sorted rows x_ND (expert e owns rows [o_{e-1}, o_e), o = cumsum of
 tokens_per_expert_E), chosen by ``impl``:
 
 - ``"grouped_mm"``: three grouped GEMMs, ``torch.nn.functional.grouped_mm(x_ND, w_EDF, offs=o)``
   (forward and backward on CPU from torch 2.9; float32/bfloat16/float16; int32 offsets; every row
   stride a multiple of 16 bytes, i.e. D and F multiples of 16 / element size).
 - ``"sorted_loop"``: a Python loop over the E slices (``torch.split`` + ``w.unbind(0)``, one GEMM each).
-- ``"auto"`` (default): ``grouped_mm`` whenever it can run here (torch has it, the dtype and row
-  strides fit, a one-time forward+backward probe on this device and dtype passed, not inside
-  ``torch.compile``, where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold,
-  because none paid off: with few rows per expert the loop pays per-expert dispatch overhead and
-  grouped_mm is faster; with many rows the two tie in fp32 and grouped_mm stays ahead in bf16
-  (the timings: bench/README.md, "grouped_mm against the sorted loop").
+- ``"padded_bmm"``: every expert's rows copied into a zero-padded [E, C, D] buffer, C = the busiest
+  expert's rows rounded up to a multiple of 64, and three batched matmuls (moe/experts/padded.py;
+  the same kernel as CapacityExperts without a capacity limit). It computes E·C rows for N.
+- ``"auto"`` (default), decided at every forward:
+  - ``padded_bmm`` in bf16 on the CPU while its padding is small, E·C ≤ 2·N. There, every new matrix
+    shape costs oneDNN setup time, and rounding C to 64 keeps the shapes few: whole default training
+    steps ran 1.12× faster than with grouped_mm in bf16. Under skewed routing the padding grows and
+    padded_bmm falls behind (1.5× slower at E·C = 2.5·N, 3.4× at 6·N, T=2048, E=16, D=F=192), hence
+    the bound (the timings: bench/README.md, "The padded kernel in bf16").
+  - otherwise ``grouped_mm`` whenever it can run here (torch has it, the dtype and row strides fit, a
+    one-time forward+backward probe on this device and dtype passed, not inside ``torch.compile``,
+    where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold between these
+    two, because none paid off: with few rows per expert the loop pays per-expert dispatch overhead
+    and grouped_mm is faster; with many rows the two tie in fp32 and grouped_mm stays ahead in bf16
+    (bench/README.md, "grouped_mm against the sorted loop").
+
+All three compute the same function; they differ only in rounding (the order of the sums).
 """
 
 from __future__ import annotations
@@ -21,9 +32,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from moe.experts.padded import padded_expert_outputs, round_up
 from moe.experts.swiglu import SwiGLUExperts
 
-IMPLS = ("auto", "grouped_mm", "sorted_loop")
+IMPLS = ("auto", "grouped_mm", "sorted_loop", "padded_bmm")
+PADDED_ROW_MULTIPLE = 64   # padded_bmm rounds C up to this: few distinct shapes for bf16 on the CPU
+PADDED_MAX_OVERHEAD = 2.0  # auto takes padded_bmm (CPU, bf16) while E·C <= this · N
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 _probe_cache: dict[tuple[str, torch.dtype], bool] = {}
@@ -65,6 +79,11 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     return _probe_cache[key]
 
 
+def padded_capacity(tokens_per_expert_E: torch.Tensor) -> int:
+    """padded_bmm's C: the busiest expert's rows rounded up to PADDED_ROW_MULTIPLE."""
+    return round_up(int(tokens_per_expert_E.max()), PADDED_ROW_MULTIPLE)
+
+
 class GroupedExperts(SwiGLUExperts):
     """Sorted dispatch with grouped GEMMs or a sorted loop (see the module docstring for ``impl``)."""
 
@@ -93,15 +112,32 @@ class GroupedExperts(SwiGLUExperts):
             return f"grouped_mm failed on {device} in {dtype}"
         return None
 
-    def resolved_impl(self, device: torch.device, dtype: torch.dtype) -> str:
-        """The implementation a forward on activations of this device and dtype uses."""
+    def resolved_impl(
+        self, device: torch.device, dtype: torch.dtype, tokens_per_expert_E: torch.Tensor | None = None
+    ) -> str:
+        """The implementation a forward on activations of this device and dtype uses (with these
+        expert row counts: auto's padded_bmm depends on them; without them it is not considered)."""
         if self.impl != "auto":
             return self.impl
+        if tokens_per_expert_E is not None and self.padding_pays(device, dtype, tokens_per_expert_E):
+            return "padded_bmm"
         return "sorted_loop" if self.grouped_mm_problem(device, dtype) else "grouped_mm"
+
+    @staticmethod
+    def padding_pays(device: torch.device, dtype: torch.dtype, tokens_per_expert_E: torch.Tensor) -> bool:
+        """Whether auto runs padded_bmm: bf16 on the CPU, outside torch.compile, E·C <= 2·N."""
+        if device.type != "cpu" or dtype != torch.bfloat16 or torch.compiler.is_compiling():
+            return False
+        num_rows = int(tokens_per_expert_E.sum())
+        padded_rows = tokens_per_expert_E.shape[0] * padded_capacity(tokens_per_expert_E)
+        return 0 < num_rows and padded_rows <= PADDED_MAX_OVERHEAD * num_rows
 
     def expert_outputs(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
         w_gate_EDF, w_up_EDF, w_down_EFD = weights
-        if self.resolved_impl(x_ND.device, x_ND.dtype) == "grouped_mm":
+        impl = self.resolved_impl(x_ND.device, x_ND.dtype, tokens_per_expert_E)
+        if impl == "padded_bmm":
+            return padded_expert_outputs(x_ND, tokens_per_expert_E, padded_capacity(tokens_per_expert_E), weights)
+        if impl == "grouped_mm":
             if problem := self.grouped_mm_problem(x_ND.device, x_ND.dtype):
                 raise RuntimeError(f"experts.impl='grouped_mm' cannot run: {problem}; use impl='auto'")
             offsets_E = torch.cumsum(tokens_per_expert_E, 0, dtype=torch.int32)

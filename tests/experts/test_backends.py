@@ -12,7 +12,7 @@ from conftest import group_files, load_group_option
 from routings import expert_outputs_and_grads as outputs_and_grads
 from routings import random_routing
 
-from moe.experts import GroupedExperts, LoopExperts, SwiGLUExperts
+from moe.experts import CapacityExperts, GroupedExperts, LoopExperts, SwiGLUExperts
 from moe.experts import grouped as grouped_module
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
@@ -31,7 +31,7 @@ def from_config(name: str, **dims) -> SwiGLUExperts:
 BACKENDS = [pytest.param(lambda p=p: from_config(p.stem, **DIMS), id=f"config={p.stem}")
             for p in group_files("experts")]
 BACKENDS += [pytest.param(lambda i=i: GroupedExperts(**DIMS, impl=i), id=f"impl={i}")
-             for i in ("grouped_mm", "sorted_loop", "auto")]
+             for i in ("grouped_mm", "sorted_loop", "padded_bmm", "auto")]
 
 
 def parity(backend, case: str, dtype=torch.float32, autocast: bool = False):
@@ -121,7 +121,8 @@ def test_output_dtype_follows_input(experts_cls, x_dtype, weight_dtype, autocast
 
 
 def test_auto_rule():
-    """auto = grouped_mm wherever it runs (measured never slower on this CPU), else the sorted loop."""
+    """Without row counts (or outside CPU bf16): auto = grouped_mm wherever it runs (measured never
+    slower than the loop on this CPU), else the sorted loop."""
     experts, cpu = GroupedExperts(num_experts=8, d_model=16, d_ff=32), torch.device("cpu")
     assert experts.resolved_impl(cpu, torch.float32) == "grouped_mm"
     assert experts.resolved_impl(cpu, torch.bfloat16) == "grouped_mm"
@@ -133,6 +134,37 @@ def test_auto_rule():
     assert GroupedExperts(num_experts=8, d_model=8, d_ff=12).resolved_impl(cpu, torch.bfloat16) == "sorted_loop"
     forced = GroupedExperts(num_experts=8, d_model=6, d_ff=12, impl="sorted_loop")
     assert forced.resolved_impl(cpu, torch.float32) == "sorted_loop"
+
+
+@pytest.mark.parametrize(
+    ("counts", "dtype", "expected"),
+    [
+        ([64] * 8, torch.bfloat16, "padded_bmm"),                         # C = 64: E·C = N
+        ([128, 64, 64, 64, 64, 64, 64, 0], torch.bfloat16, "padded_bmm"),  # E·C = 1024 = 2·N: the bound
+        ([128, 64, 64, 64, 64, 64, 63, 0], torch.bfloat16, "grouped_mm"),  # 1024 > 2·511
+        ([129, 64, 64, 64, 64, 64, 64, 64], torch.bfloat16, "grouped_mm"),  # C = 192: 1536 > 2·577
+        ([0] * 8, torch.bfloat16, "grouped_mm"),                          # nothing routed
+        ([64] * 8, torch.float32, "grouped_mm"),                          # padded_bmm only for bf16
+    ],
+)
+def test_auto_takes_padded_bmm_in_cpu_bf16_while_padding_at_most_doubles_the_rows(counts, dtype, expected):
+    experts = GroupedExperts(num_experts=8, d_model=16, d_ff=32)
+    assert experts.resolved_impl(torch.device("cpu"), dtype, torch.tensor(counts)) == expected
+
+
+def test_auto_padded_bmm_is_the_capacity_backend_bit_for_bit():
+    """In CPU bf16 with balanced routing, auto runs CapacityExperts(pad_multiple=64)'s kernel, so the default
+    reproduces runs made with experts=capacity experts.pad_multiple=64 exactly."""
+    grouped, capacity = GroupedExperts(**DIMS), CapacityExperts(**DIMS, pad_multiple=64)
+    capacity.load_state_dict(grouped.state_dict())
+    tokens = 384  # enough rows per expert that C, rounded to 64, pads by less than 2x
+    routing = random_routing("topk", T=tokens, E=E, K=K)
+    x_TD, grad_TD = torch.randn(tokens, D), torch.randn(tokens, D)
+    assert grouped.resolved_impl(x_TD.device, torch.bfloat16, routing.tokens_per_expert_E) == "padded_bmm"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (y_g, grads_g), (y_c, grads_c) = (outputs_and_grads(m, x_TD, routing, grad_TD) for m in (grouped, capacity))
+    assert torch.equal(y_g, y_c)
+    assert all(torch.equal(a, b) for a, b in zip(grads_g, grads_c, strict=True))
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
@@ -164,7 +196,7 @@ def test_misaligned_shapes_fall_back_or_fail_clearly():
         ({"d_ff": 2.5}, "experts.d_ff=2.5 must be an integer >= 1"),
         ({"num_experts": True}, "experts.num_experts=True"),
         ({"init_std": 0.0}, "experts.init_std=0.0 must be a number > 0"),
-        ({"impl": "cuda"}, r"experts.impl='cuda' is not one of \('auto', 'grouped_mm', 'sorted_loop'\)"),
+        ({"impl": "cuda"}, r"experts.impl='cuda' is not one of \('auto', 'grouped_mm', 'sorted_loop', 'padded_bmm'\)"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -1,0 +1,48 @@
+"""The padded batched-matmul kernel shared by CapacityExperts and GroupedExperts' ``padded_bmm``.
+
+Given rows x_ND already grouped by expert (tokens_per_expert_E rows each) and a capacity C ≥ the
+busiest expert's rows:
+
+    scatter expert e's rows into slots [0, count_e) of a zero-padded buffer  x_ECD  [E, C, D]
+    h_ECF = SiLU(x_ECD @ W_gate) ⊙ (x_ECD @ W_up);   out_ECD = h_ECF @ W_down      (torch.bmm)
+    gather the valid rows back → out_ND
+
+Padded rows are zeros going in and their outputs are discarded, so they add nothing to y or to any
+gradient (SiLU(0)·0 = 0, so even the weight gradients get exact zeros from them). The price is the
+padding: E·C rows computed for N real ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def padded_slots(tokens_per_expert_E: torch.Tensor, capacity: int) -> torch.Tensor:
+    """slot_N: the flat row (e·C + position within e) of each expert-sorted row in x_ECD."""
+    E, device = tokens_per_expert_E.shape[0], tokens_per_expert_E.device
+    counts_E = tokens_per_expert_E.to(torch.long)
+    n = int(counts_E.sum())
+    expert_N = torch.repeat_interleave(torch.arange(E, device=device), counts_E, output_size=n)
+    starts_E = torch.cumsum(counts_E, 0) - counts_E
+    position_N = torch.arange(n, device=device) - starts_E[expert_N]
+    return expert_N * capacity + position_N
+
+
+def padded_expert_outputs(
+    x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, capacity: int, weights
+) -> torch.Tensor:
+    """FFN_e of every expert-sorted row, computed on the zero-padded [E, C, D] buffer."""
+    w_gate_EDF, w_up_EDF, w_down_EFD = weights
+    E, D = w_gate_EDF.shape[0], x_ND.shape[-1]
+    slot_N = padded_slots(tokens_per_expert_E, capacity)
+    # index_copy: its backward w.r.t. the source is an index_select, so padded slots get no gradient
+    x_ECD = x_ND.new_zeros(E * capacity, D).index_copy(0, slot_N, x_ND).view(E, capacity, D)
+    h_ECF = F.silu(torch.bmm(x_ECD, w_gate_EDF)) * torch.bmm(x_ECD, w_up_EDF)
+    out_ECD = torch.bmm(h_ECF, w_down_EFD)
+    return out_ECD.reshape(E * capacity, D).index_select(0, slot_N)
