@@ -22,7 +22,7 @@ from torch import nn
 from moe.checkpoint import read_config, resolve_checkpoint
 from moe.data import DataBundle
 from moe.finetune import resolve_tokenizer
-from moe.interop.hf_dense import hf_run_config, is_hf_model_dir
+from moe.interop.hf_import import hf_run_config, is_hf_model_dir
 from moe.interop.tokenizer_export import is_byte_tokenizer_json
 from moe.loading import load_model
 from moe.spec import instantiate

@@ -26,7 +26,7 @@ def _source_config(path: str) -> dict[str, Any]:
     """The run-config nodes of a checkpoint: a HF directory's (from config.json), else a moe-lab
     checkpoint's or run directory's config.yaml."""
     from moe.interop import hf_run_config  # lazy: moe.interop imports moe.models
-    from moe.interop.hf_dense import is_hf_model_dir
+    from moe.interop.hf_import import is_hf_model_dir
 
     if is_hf_model_dir(path):
         return hf_run_config(path)

@@ -8,7 +8,7 @@ Only the checkpoint's ``config.yaml`` and ``model.safetensors`` are read; no Hyd
 
 A Hugging Face model directory (``config.json`` + ``model.safetensors`` or its shards, and no
 moe-lab ``meta.json``) of a Llama, Mistral, Qwen2, GPT-2, Mixtral, Qwen2/3-MoE, OLMoE or DeepSeek-V3 model
-is imported with :func:`moe.interop.load_hf_dense` instead.
+is imported with :func:`moe.interop.load_hf` instead.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from moe.models.build import build_model
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> nn.Module:
-    from moe.interop.hf_dense import is_hf_model_dir, load_hf_dense  # lazy: moe.interop imports moe
+    from moe.interop.hf_import import is_hf_model_dir, load_hf  # lazy: moe.interop imports moe
 
     if is_hf_model_dir(path):
-        return load_hf_dense(path, device=device).eval()
+        return load_hf(path, device=device).eval()
     checkpoint = resolve_checkpoint(path)
     model = build_model(read_config(checkpoint / "config.yaml"))
     weights = checkpoint / "model.safetensors"

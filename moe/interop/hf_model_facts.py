@@ -1,6 +1,6 @@
 """What :func:`moe.interop.save_hf` needs to know about a moe-lab model, read off its modules
 (widths, heads, norms, biases, attention kind, routers, experts, shared experts, balancers), with a
-ValueError for anything no Hugging Face model has. Which HF format then holds it: hf_export.py.
+ValueError for anything no Hugging Face model has. Which HF format then holds it: hf_export.py and the adapters.
 """
 
 from __future__ import annotations

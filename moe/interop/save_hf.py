@@ -46,7 +46,7 @@ DEFAULT_ROPE_THETA = 10000.0  # build_decoder's default, used when the model nod
 def _load_source(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A moe-lab run/checkpoint directory, or a HF model directory, as (model, run config)."""
     from moe.checkpoint import read_config, resolve_checkpoint  # lazy: moe.loading imports moe.interop
-    from moe.interop.hf_dense import hf_run_config, is_hf_model_dir
+    from moe.interop.hf_import import hf_run_config, is_hf_model_dir
     from moe.loading import load_model
 
     path = Path(source)

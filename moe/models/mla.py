@@ -15,7 +15,7 @@ information rides on a separate, small RoPE part of each query and key (decouple
 RoPE here is the rotate-half convention of moe/models/attention.py over the qk_rope dimensions.
 DeepSeek's checkpoints rotate interleaved pairs (x0, x1), (x2, x3), … instead; that equals rotate-half
 on the de-interleaved vector (x0, x2, …, x1, x3, …), so the HF importer permutes the rope rows of
-q_b_proj and kv_a_proj once (moe/interop/hf_deepseek_v3.py) and the module needs no second convention.
+q_b_proj and kv_a_proj once (moe/interop/adapters/deepseek_v3.py) and the module needs no second convention.
 The two latent RMSNorms use ε = 1e-6 whatever the model's norm_eps, as DeepSeek's reference code does.
 Only the training-time form is implemented (no absorbed-matrix KV cache for decoding).
 """

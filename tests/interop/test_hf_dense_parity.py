@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from moe import load_model  # noqa: E402
-from moe.interop import SUPPORTED, load_hf_dense, model_config_from_hf  # noqa: E402
+from moe.interop import SUPPORTED, load_hf, model_config_from_hf  # noqa: E402
 from moe.models import DecoderLM  # noqa: E402
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -130,12 +130,12 @@ def test_sliding_window_at_least_seq_len_is_fine():
 
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_hf_dense(tmp_path)
+        load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**TINY, "model_type": "llama"}))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_hf_dense(tmp_path / "nowhere")
+        load_hf(tmp_path / "nowhere")
 
 
 def test_missing_shard(tmp_path):
@@ -169,7 +169,7 @@ def test_kv_shape_mismatch(tmp_path):
 
 def test_moe_lab_checkpoints_still_load(tmp_path):
     """A moe-lab checkpoint dir (meta.json) is not mistaken for a HF dir even next to a config.json."""
-    from moe.interop.hf_dense import is_hf_model_dir
+    from moe.interop.hf_import import is_hf_model_dir
 
     (tmp_path / "config.json").write_text("{}")
     assert is_hf_model_dir(tmp_path)
