@@ -48,7 +48,9 @@ def build_optimizer(
         if params := [p for p in routers if (p.dim() >= 2) == decayed]:
             groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
                            "lr": lr * router_lr_scale})
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    # fused: one kernel for all parameters (CPU, CUDA, MPS from torch 2.4); on the 2-core CPU the step of
+    # the default model's 8.4M parameters took 4.9 ms instead of 15 ms (one default run: ~33 s)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
 
 
 def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):

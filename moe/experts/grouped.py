@@ -12,11 +12,13 @@ tokens_per_expert_E), chosen by ``impl``:
   expert's rows rounded up to a multiple of 64, and three batched matmuls (moe/experts/padded.py;
   the same kernel as CapacityExperts without a capacity limit). It computes E·C rows for N.
 - ``"auto"`` (default), decided at every forward:
-  - ``padded_bmm`` in bf16 on the CPU while its padding is small, E·C ≤ 2·N. There, every new matrix
-    shape costs oneDNN setup time, and rounding C to 64 keeps the shapes few: whole default training
-    steps ran 1.12× faster than with grouped_mm in bf16. Under skewed routing the padding grows and
-    padded_bmm falls behind (1.5× slower at E·C = 2.5·N, 3.4× at 6·N, T=2048, E=16, D=F=192), hence
-    the bound (the timings: bench/README.md, "The padded kernel in bf16").
+  - ``padded_bmm`` in bf16 on the CPU while its padding is moderate, E·C ≤ 3·N. There, every new
+    matrix shape costs oneDNN setup, and rounding C to 64 keeps the shapes few. One layer alone
+    (bench/padded_crossover.py, T=2048, E=16, D=F=192, new row counts every call) breaks even near
+    E·C = 2.25·N and loses 1.24× at 3.25·N, 1.75× at 6·N; whole training steps of the default model ran
+    fastest with the bound at 3 (mean tokens/s over 300 steps, two rounds: 11.2k with 2, 12.6k with 3,
+    11.8k with 4, 12.5k always padded), where grouped_mm's setup is paid for every layer's shapes
+    (bench/README.md, "The padded kernel in bf16").
   - otherwise ``grouped_mm`` whenever it can run here (torch has it, the dtype and row strides fit, a
     one-time forward+backward probe on this device and dtype passed, not inside ``torch.compile``,
     where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold between these
@@ -37,7 +39,7 @@ from moe.experts.swiglu import SwiGLUExperts
 
 IMPLS = ("auto", "grouped_mm", "sorted_loop", "padded_bmm")
 PADDED_ROW_MULTIPLE = 64   # padded_bmm rounds C up to this: few distinct shapes for bf16 on the CPU
-PADDED_MAX_OVERHEAD = 2.0  # auto takes padded_bmm (CPU, bf16) while E·C <= this · N
+PADDED_MAX_OVERHEAD = 3.0  # auto takes padded_bmm (CPU, bf16) while E·C <= this · N
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 _probe_cache: dict[tuple[str, torch.dtype], bool] = {}
@@ -125,7 +127,7 @@ class GroupedExperts(SwiGLUExperts):
 
     @staticmethod
     def padding_pays(device: torch.device, dtype: torch.dtype, tokens_per_expert_E: torch.Tensor) -> bool:
-        """Whether auto runs padded_bmm: bf16 on the CPU, outside torch.compile, E·C <= 2·N."""
+        """Whether auto runs padded_bmm: bf16 on the CPU, outside torch.compile, E·C <= 3·N."""
         if device.type != "cpu" or dtype != torch.bfloat16 or torch.compiler.is_compiling():
             return False
         num_rows = int(tokens_per_expert_E.sum())
