@@ -11,24 +11,59 @@ objective and log everything per layer without any global state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from moe.balance.base import Balancer
+from moe.balance.counts import all_reduce_sum
 from moe.dropping import check_capacity_options, drop_over_capacity
 from moe.types import BalanceContext, ReadsTokenIds, Routing, supports
 
 
 @dataclass
 class LayerAux:
-    """What one MoE layer reports for one forward: the routing and each balancer's unscaled loss."""
+    """What one MoE layer reports for one forward: the routing and each balancer's unscaled loss.
+    ``pending`` holds the balancers whose loss still waits for a data-parallel sum of their local
+    stats (name → (balancer, ctx, stats)); ``finish_summed_losses`` turns them into losses."""
 
     routing: Routing
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor | None] = field(default_factory=dict)
     coeffs: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, tuple[Balancer, BalanceContext, torch.Tensor]] = field(default_factory=dict)
+
+
+def finish_summed_losses(auxes: Iterable[LayerAux]) -> None:
+    """Sum every pending balancer's local stats over the data-parallel group in one all-reduce (not
+    one per layer) and fill in their losses, in the places ``MoELayer.forward`` reserved for them."""
+    auxes = [aux for aux in auxes if aux.pending]
+    items = [(aux, name, *entry) for aux in auxes for name, entry in aux.pending.items()]
+    if not items:
+        return
+    summed = all_reduce_sum(torch.cat([stats for *_, stats in items]))
+    for (aux, name, balancer, ctx, _), part in zip(items, summed.split([s.numel() for *_, s in items]), strict=True):
+        aux.losses[name] = balancer.loss_from_sums(aux.routing, ctx, part)
+    for aux in auxes:
+        aux.pending.clear()
+
+
+def step_balancers(layers: Iterable[MoELayer]) -> None:
+    """Every balancer's per-optimizer-step hook, with one all-reduce for all their ``step_stats``
+    (not one per layer)."""
+    pending = []
+    for layer in layers:
+        for balancer in layer.balancers.values():
+            stats = balancer.step_stats()
+            if stats is None:
+                balancer.on_optimizer_step()
+            else:
+                pending.append((balancer, stats))
+    if pending:
+        summed = all_reduce_sum(torch.cat([stats for _, stats in pending]))
+        for (balancer, _), part in zip(pending, summed.split([s.numel() for _, s in pending]), strict=True):
+            balancer.on_optimizer_step_from_sums(part)
 
 
 class MoELayer(nn.Module):
@@ -61,8 +96,11 @@ class MoELayer(nn.Module):
         self.shared_expert = shared_expert
         self.layer_index = layer_index
 
-    def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerAux]:
-        """``token_ids_BS`` (the input ids) reach routers that route by token id (``uses_token_ids``)."""
+    def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
+                defer_sums: bool = False) -> tuple[torch.Tensor, LayerAux]:
+        """``token_ids_BS`` (the input ids) reach routers that route by token id (``uses_token_ids``).
+        ``defer_sums``: leave losses that need a data-parallel sum pending in the LayerAux, for the
+        caller to finish with every other layer's in one all-reduce (``finish_summed_losses``)."""
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
         if self.routes_by_token_id:
@@ -80,12 +118,16 @@ class MoELayer(nn.Module):
         ctx = BalanceContext(batch_size=B, seq_len=S, layer_index=self.layer_index)
         aux = LayerAux(routing=routing)
         for name, balancer in self.balancers.items():
-            loss = balancer.loss(routing, ctx)
-            if loss is not None:
-                aux.losses[name] = loss
+            stats = balancer.local_stats(routing, ctx)
+            loss = balancer.loss(routing, ctx) if stats is None else None
+            if stats is not None or loss is not None:
+                aux.losses[name] = loss  # a pending loss keeps its place: the sum order stays the balancers'
                 aux.coeffs[name] = balancer.coeff
+            if stats is not None:
+                aux.pending[name] = (balancer, ctx, stats)
+        if not defer_sums:
+            finish_summed_losses([aux])
         return y_TD.view(B, S, D), aux
 
     def on_optimizer_step(self) -> None:
-        for balancer in self.balancers.values():
-            balancer.on_optimizer_step()
+        step_balancers([self])

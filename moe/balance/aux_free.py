@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from moe.balance.base import Balancer
-from moe.balance.counts import all_reduce_sum, local_counts_E
+from moe.balance.counts import local_counts_E
 from moe.types import BalanceContext, DeclaresScoreScale, HasSelectionBias, Routing, supports
 
 RULES = ("sign", "proportional")
@@ -131,14 +131,16 @@ class AuxFreeBalancer(Balancer):
             self.step_k = float(routing.top_k)
         return None
 
-    @torch.no_grad()
-    def on_optimizer_step(self) -> None:
-        if self._router is None:
-            return
-        if self.counts_E.numel() == 0:  # no training forward since the last step (the same on every rank)
-            return
+    def step_stats(self) -> torch.Tensor | None:
+        """[c_0 .. c_{E-1}, T] counted since the last step (None before any training forward, alike on
+        every rank, or when no router is attached)."""
+        if self._router is None or self.counts_E.numel() == 0:
+            return None
         tokens = torch.tensor([self.step_tokens], dtype=self.counts_E.dtype, device=self.counts_E.device)
-        summed = all_reduce_sum(torch.cat([self.counts_E, tokens]))  # one collective for both
+        return torch.cat([self.counts_E, tokens])
+
+    @torch.no_grad()
+    def on_optimizer_step_from_sums(self, summed: torch.Tensor) -> None:
         counts_E, tokens = summed[:-1], float(summed[-1])
         self.counts_E.zero_()
         self.step_tokens = 0.0

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 
 from moe.balance.base import Balancer
-from moe.balance.counts import all_reduce_sum
 from moe.types import BalanceContext, Routing
 
 
@@ -67,10 +66,12 @@ class ReMoEL1Loss(Balancer):
         gates_E = gates_E.index_add(0, routing.expert_ids_N, routing.weights_N) / T
         return E * (f_E.detach() * gates_E.to(f_E.dtype)).sum()
 
-    def on_optimizer_step(self) -> None:
-        local = torch.tensor([self.step_active, self.step_tokens], dtype=torch.float64, device=self.step_device)
+    def step_stats(self) -> torch.Tensor:
+        """[active assignments, tokens] since the last step."""
+        return torch.tensor([self.step_active, self.step_tokens], dtype=torch.float64, device=self.step_device)
+
+    def on_optimizer_step_from_sums(self, summed: torch.Tensor) -> None:
         self.step_active, self.step_tokens = 0.0, 0.0
-        summed = all_reduce_sum(local)
         active, tokens, k, E = float(summed[0]), float(summed[1]), self.step_k, self.step_E
         if tokens <= 0:
             return

@@ -27,7 +27,9 @@ Scopes (Qiu et al. 2501.11873 call the micro scope "micro-batch LBL"):
   the mean probability over this rank's micro-batch (it carries the gradient). A balanced router
   still scores exactly 1.0. Each rank's loss holds only its local P, so the paper's 1/N_P average
   over ranks is supplied by DDP's gradient averaging; no token×expert matrix is communicated, only
-  E + 1 numbers per layer and forward. ``on_optimizer_step()`` empties the buffers. In eval mode
+  E + 1 numbers per layer and forward (``local_stats``), and inside a DecoderLM all layers' numbers
+  travel in one all-reduce per forward (the two-phase contract of moe/balance/base.py).
+  ``on_optimizer_step()`` empties the buffers. In eval mode
   (``not self.training``) the loss uses the micro-batch counts and leaves the buffers untouched.
   The buffers are non-persistent (not in checkpoints): a checkpoint is taken right after
   ``on_optimizer_step``, when they are empty anyway. Caveat: a forward recomputed under activation
@@ -78,24 +80,34 @@ class SwitchAuxLoss(Balancer):
         P_GE = probs_1TE.mean(dim=1)
         return E * (f_GE.detach() * P_GE).sum(dim=-1).mean()
 
-    def _global_loss(self, routing: Routing) -> torch.Tensor:
-        E, T = routing.num_experts, routing.num_tokens
+    def local_stats(self, routing: Routing, ctx: BalanceContext) -> torch.Tensor | None:
+        """Global scope in training: [c_0 .. c_{E-1}, T] of this forward, to be summed over ranks."""
+        if self.scope != "global" or not self.training:
+            return None
         counts_E = local_counts_E(routing)
+        return torch.cat([counts_E, counts_E.new_tensor([float(routing.num_tokens)])])
+
+    def loss_from_sums(self, routing: Routing, ctx: BalanceContext, summed: torch.Tensor) -> torch.Tensor:
+        """Add the group's counts of this forward to the optimizer step's and score P against them."""
+        E = routing.num_experts
+        if self.global_counts_E.shape != (E,) or self.global_counts_E.device != summed.device:
+            self.global_counts_E = torch.zeros(E, dtype=torch.float64, device=summed.device)
+            self.global_tokens = torch.zeros((), dtype=torch.float64, device=summed.device)
+        self.global_counts_E += summed[:E]
+        self.global_tokens += summed[E]
+        return self._loss(routing, self.global_counts_E, self.global_tokens)
+
+    def _global_loss(self, routing: Routing) -> torch.Tensor:
         if self.training:
-            # one collective for counts and tokens: [c_0 .. c_{E-1}, T]
-            local_E1 = torch.cat([counts_E, counts_E.new_tensor([float(T)])])
-            summed_E1 = all_reduce_sum(local_E1)
-            if self.global_counts_E.shape != (E,) or self.global_counts_E.device != summed_E1.device:
-                self.global_counts_E = torch.zeros(E, dtype=torch.float64, device=summed_E1.device)
-                self.global_tokens = torch.zeros((), dtype=torch.float64, device=summed_E1.device)
-            self.global_counts_E += summed_E1[:E]
-            self.global_tokens += summed_E1[E]
-            counts_E, tokens = self.global_counts_E, self.global_tokens
-        else:
-            tokens = counts_E.new_tensor(float(T))
+            return self.loss_from_sums(routing, None, all_reduce_sum(self.local_stats(routing, None)))
+        counts_E = local_counts_E(routing)  # eval: this micro-batch only, the buffers untouched
+        return self._loss(routing, counts_E, counts_E.new_tensor(float(routing.num_tokens)))
+
+    @staticmethod
+    def _loss(routing: Routing, counts_E: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         f_E = (counts_E / (routing.top_k * tokens)).to(routing.probs_TE.dtype)
         P_E = routing.probs_TE.mean(dim=0)
-        return E * (f_E.detach() * P_E).sum()
+        return routing.num_experts * (f_E.detach() * P_E).sum()
 
     def on_optimizer_step(self) -> None:
         if self.scope == "global":

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe.config_upgrade import rename_state_keys
-from moe.layer import LayerAux, MoELayer
+from moe.layer import LayerAux, MoELayer, finish_summed_losses, step_balancers
 
 
 @dataclass
@@ -65,8 +65,8 @@ class Block(nn.Module):
         if self.ffn is None:
             return x_BSD, None
         h_BSD = self.ffn_norm(x_BSD)
-        if self.is_moe:
-            y_BSD, aux = self.ffn(h_BSD, input_ids_BS)
+        if self.is_moe:  # the model finishes every layer's summed losses at once (finish_summed_losses)
+            y_BSD, aux = self.ffn(h_BSD, input_ids_BS, defer_sums=True)
             return x_BSD + y_BSD, aux
         return x_BSD + self.ffn(h_BSD), None
 
@@ -120,9 +120,11 @@ class DecoderLM(nn.Module):
             x_BSD, aux = block(x_BSD, input_ids)
             if aux is not None:
                 out.layer_aux[i] = aux
-                for name, loss in aux.losses.items():
-                    out.aux_losses[f"layer{i}/{name}"] = loss
-                    out.aux_coeffs[f"layer{i}/{name}"] = aux.coeffs[name]
+        finish_summed_losses(out.layer_aux.values())  # one all-reduce for all layers' global-batch counts
+        for i, aux in out.layer_aux.items():
+            for name, loss in aux.losses.items():
+                out.aux_losses[f"layer{i}/{name}"] = loss
+                out.aux_coeffs[f"layer{i}/{name}"] = aux.coeffs[name]
         out.logits = self.lm_head(self.final_norm(x_BSD))
         if targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
@@ -130,6 +132,6 @@ class DecoderLM(nn.Module):
         return out
 
     def on_optimizer_step(self) -> None:
-        """Forward the per-optimizer-step hook to every balancer (bias updates, buffer resets)."""
-        for layer in self.moe_layers:
-            layer.on_optimizer_step()
+        """Forward the per-optimizer-step hook to every balancer (bias updates, buffer resets), with one
+        all-reduce for all layers' step statistics."""
+        step_balancers(self.moe_layers)

@@ -145,3 +145,4 @@ def test_two_gloo_ranks_see_the_union_counts():
             f_E = sum(x.tokens_per_expert_E.double() for x in seen) / (K2 * sum(x.num_tokens for x in seen))
             expected = E2 * (f_E * routings[(r, m)].probs_TE.double().mean(0)).sum()
             assert losses[m] == pytest.approx(expected.item(), rel=1e-6)
+
