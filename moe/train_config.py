@@ -96,6 +96,7 @@ class OptimConfig:
     min_lr_ratio: float
     grad_clip: float
     router_lr_scale: float
+    fused: bool
     schedule_on_resume: str
 
     def __post_init__(self):

@@ -79,7 +79,8 @@ class Trainer:
     def _build_optimization(self) -> None:
         trainer, optim, data = self.plan.trainer, self.plan.optim, self.data
         optimizer = build_optimizer(self.model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
-                                    eps=optim.eps, router_lr_scale=optim.router_lr_scale)
+                                    eps=optim.eps, router_lr_scale=optim.router_lr_scale,
+                                    fused=optim.fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.plan.schedule())
         # accelerate keeps one process-wide state whose precision cannot change; a run is a fresh start, so
         # a second run in the same process (a notebook, a test) may pick another precision. The process

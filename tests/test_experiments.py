@@ -50,3 +50,12 @@ def test_every_arm_trains(experiment, tmp_path, data_cache):
             model = config["model"]
             shared = model["num_shared_experts"] * model["shared_expert_d_ff"]
             assert shared + k * model["expert_d_ff"] == 768, arm
+
+
+@pytest.mark.parametrize("experiment", ["compare_balance", "compare_routers"])
+def test_published_sweeps_pin_the_recipe_they_were_published_with(experiment):
+    """fp32 and the per-parameter AdamW on every machine, so the documented numbers reproduce bit for bit
+    whatever the default precision and optimizer kernel become."""
+    config = compose(f"experiment={experiment}")
+    assert config["trainer"]["mixed_precision"] == "no"
+    assert config["optim"]["fused"] is False

@@ -47,3 +47,9 @@ def test_cosine_schedule_values():
 def test_bad_router_lr_scale_is_named():
     with pytest.raises(ValueError, match="optim.router_lr_scale=0 must be > 0"):
         build_optimizer(torch.nn.Linear(2, 2), lr=1e-3, router_lr_scale=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_choice_reaches_adamw(fused):
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), lr=1e-3, fused=fused)
+    assert optimizer.defaults["fused"] is fused
