@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:
-        summary = run(config)
+        summary = run(config, overrides=list(HydraConfig.get().overrides.task))
     except USER_ERRORS as error:
         print(f"moe-lab: error: {error}", file=sys.stderr)
         run_dir = Path(config["run_dir"])

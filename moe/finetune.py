@@ -3,6 +3,8 @@
 - ``init=checkpoint`` adopts the checkpoint's config nodes (``init.config_from_checkpoint``, default
   model, router, experts, balance), so a HF model is fine-tuned without retyping its architecture and
   the run's config.yaml rebuilds the fine-tuned model.
+- ``init=upcycle`` (every method, carve included) adopts the dense source's backbone and sizes the
+  experts from it (moe/upcycle/source_backbone.py).
 - ``data.tokenizer=auto`` becomes init.path's tokenizer.json (or the tokenizer of the moe-lab run it
   continues), else the byte tokenizer.
 - ``trainer.freeze`` turns off gradients of the router, the routed experts, or everything but the
@@ -11,15 +13,17 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from moe.checkpoint import read_config, resolve_checkpoint
-from moe.data.hf_tokenizer import TOKENIZER_FILE
 from moe.spec import locate
-from moe.upcycle import FromCheckpoint
+from moe.upcycle import FromCheckpoint, Upcycle
+from moe.upcycle.source_backbone import adopt_dense_backbone, source_tokenizer, step0_caveat
 
 
 def _source_config(path: str) -> dict[str, Any]:
@@ -47,18 +51,21 @@ def adopt_checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, **{node: source[node] for node in nodes if node in source}}
 
 
-def _tokenizer_of(path: str | None) -> str:
-    """``data.tokenizer=auto``: init.path when it holds a tokenizer.json, the tokenizer a moe-lab
-    checkpoint was trained with (its data.tokenizer), else ``byte``."""
-    if not path or not Path(path).exists():
-        return "byte"  # the init node reports a missing path in its own words
-    if (Path(path) / TOKENIZER_FILE).is_file():
-        return str(path)
-    try:
-        previous = (read_config(resolve_checkpoint(path) / "config.yaml").get("data") or {}).get("tokenizer")
-    except (FileNotFoundError, ValueError):
-        return "byte"
-    return previous if previous not in (None, "byte", "auto") else "byte"
+def adopt_upcycle_source(config: dict[str, Any], explicit_model_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """For ``init=upcycle``: the config with the dense source's backbone (moe/upcycle/source_backbone.py);
+    warns in one line when the router settings will not start at the dense model's function. Other inits,
+    a missing path or an MoE source (``Upcycle`` reports both in its own words): the config unchanged."""
+    init = config.get("init") or {}
+    if "_target_" not in init or locate(init["_target_"]) is not Upcycle or not Path(str(init.get("path"))).exists():
+        return config
+    source = _source_config(init["path"])["model"]
+    if source.get("num_experts"):
+        return config
+    config = adopt_dense_backbone(config, source, path=init["path"], explicit=explicit_model_keys)
+    if (caveat := step0_caveat(config)) is not None:
+        warnings.warn(f"init.method={init.get('method')}: step 0 will not equal the dense model: {caveat}",
+                      stacklevel=2)
+    return config
 
 
 def resolve_tokenizer(config: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +73,7 @@ def resolve_tokenizer(config: dict[str, Any]) -> dict[str, Any]:
     data = config.get("data") or {}
     if data.get("tokenizer") != "auto":
         return config
-    return {**config, "data": {**data, "tokenizer": _tokenizer_of((config.get("init") or {}).get("path"))}}
+    return {**config, "data": {**data, "tokenizer": source_tokenizer((config.get("init") or {}).get("path"))}}
 
 
 _FROZEN_BY = {  # trainer.freeze option -> does it freeze the parameter of this name?

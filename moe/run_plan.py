@@ -2,16 +2,18 @@
 
 Everything that depends only on the config and the files on disk happens here, once, in this order:
 the ``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train_config.py) and the LR
-schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes and ``data.tokenizer=auto``
-is resolved (moe/finetune.py), which gives the config the run records in its config.yaml; the run
-directory is checked against ``trainer.resume``; a resumed run's schedule length is settled
-(moe/schedule_resume.py); ``trainer.mixed_precision: auto`` becomes bf16 or no for this machine in the
-parsed trainer node (moe/precision.py; config.yaml keeps the request). Nothing later changes the config.
+schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes, ``init=upcycle`` the
+dense source's backbone (moe/upcycle/source_backbone.py), and ``data.tokenizer=auto`` is resolved
+(moe/finetune.py), which gives the config the run records in its config.yaml; the run directory is
+checked against ``trainer.resume``; a resumed run's schedule length is settled (moe/schedule_resume.py);
+``trainer.mixed_precision: auto`` becomes bf16 or no for this machine in the parsed trainer node
+(moe/precision.py; config.yaml keeps the request). Nothing later changes the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ from typing import Any
 import torch
 
 from moe.checkpoint import latest_checkpoint, read_config, read_meta
-from moe.finetune import adopt_checkpoint_config, resolve_tokenizer
+from moe.finetune import adopt_checkpoint_config, adopt_upcycle_source, resolve_tokenizer
 from moe.optim import warmup_cosine
 from moe.precision import resolve_mixed_precision
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.train_config import OptimConfig, TrainerConfig, from_mapping
+from moe.upcycle.source_backbone import explicit_keys
 
 
 @dataclass
@@ -46,13 +49,15 @@ class RunPlan:
                              min_lr_ratio=self.optim.min_lr_ratio)
 
 
-def prepare_run(config: dict[str, Any]) -> RunPlan:
-    """Check and complete ``config``; raises ValueError/FileNotFoundError/FileExistsError naming the key."""
+def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPlan:
+    """Check and complete ``config``; raises ValueError/FileNotFoundError/FileExistsError naming the key.
+    ``overrides`` are the command line's (``model.d_model=64``): what the user set explicitly."""
     trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
     plan = RunPlan(config, trainer, optim, Path(config["run_dir"]), None, None, trainer.max_steps)
     plan.schedule()  # checks warmup/min_lr before anything else
-    plan.config = resolve_tokenizer(adopt_checkpoint_config(config))  # what config.yaml records
+    adopted = adopt_upcycle_source(adopt_checkpoint_config(config), explicit_keys(overrides, "model"))
+    plan.config = resolve_tokenizer(adopted)  # what config.yaml records
     _check_sequence_length(plan.config)
     plan.resume_from = _checked_run_dir(plan.run_dir, trainer.resume)
     if plan.resume_from is not None:

@@ -15,12 +15,15 @@ touched, so a bad option never costs an existing run or checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from moe.run_plan import prepare_run
 from moe.trainer import Trainer
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json)."""
-    return Trainer(prepare_run(config)).fit()
+def run(config: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json).
+    ``overrides``: the command line that composed ``config``, so that values the user set explicitly are
+    told apart from the config files' defaults (an upcycled backbone must not silently override them)."""
+    return Trainer(prepare_run(config, overrides)).fit()

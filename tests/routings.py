@@ -54,13 +54,12 @@ def random_routing(case: str, *, T: int, E: int, K: int) -> Routing:
 
 
 def expert_outputs_and_grads(experts, x_TD: torch.Tensor, routing: Routing, grad_TD: torch.Tensor):
-    """An expert backend's output and the gradients (as float32) w.r.t. x, weights_N and the three
-    weight stacks, for the loss Σ y ⊙ grad_TD."""
+    """An expert backend's output and the gradients (as float32) w.r.t. x, weights_N and the weight
+    stacks (SwiGLU: gate, up, down; GELU: fc, b_fc, proj, b_proj), for the loss Σ y ⊙ grad_TD."""
     x_TD = x_TD.detach().clone().requires_grad_()
     routing.weights_N.grad = None
     experts.zero_grad(set_to_none=True)
     y_TD = experts(x_TD, routing)
     y_TD.backward(grad_TD.to(y_TD.dtype))
-    grads = [x_TD.grad, routing.weights_N.grad, experts.w_gate_EDF.grad, experts.w_up_EDF.grad,
-             experts.w_down_EFD.grad]
+    grads = [x_TD.grad, routing.weights_N.grad, *(p.grad for p in experts.parameters())]
     return y_TD.detach(), [g.float() for g in grads]

@@ -48,26 +48,13 @@ from typing import Any
 
 import torch
 
-from moe.data.hf_tokenizer import HFTokenizer
 from moe.data.packing import DataBundle, PackedDataset, split_stats, unigram_entropy
 from moe.data.split import assign_validation, check_val_fraction, seeded_order
-from moe.data.tokenizer import ByteTokenizer
+from moe.data.tokenizer import load_tokenizer
 
 ROLES = ("system", "user", "assistant")
 MARKERS = {role: f"<|{role}|>\n" for role in ROLES}
 DEFAULT_DOMAIN = "chat"
-
-
-def load_tokenizer(tokenizer: str, eos_token: str | None = None):
-    """``byte`` → :class:`ByteTokenizer`; a directory with tokenizer.json (or the file) → :class:`HFTokenizer`."""
-    if tokenizer == "byte":
-        if eos_token is not None:
-            raise ValueError("data.eos_token applies to a tokenizer.json; the byte tokenizer's eos id is fixed (256)")
-        return ByteTokenizer()
-    if tokenizer == "auto":  # needs init.path, which only the run config knows
-        raise ValueError("data.tokenizer='auto' is resolved by moe.training.run from init.path; "
-                         "when building data directly pass 'byte' or a tokenizer path")
-    return HFTokenizer(tokenizer, eos_token=eos_token)
 
 
 def _files(data_files: str | Sequence[str]) -> list[str]:

@@ -47,7 +47,7 @@ import torch
 from moe.data.extra_domains import arithmetic_documents, markup_document
 from moe.data.packing import DataBundle, PackedDataset, pack_domains, split_stats, unigram_entropy
 from moe.data.split import assign_validation, check_val_fraction, doc_hash, seeded_order
-from moe.data.tokenizer import ByteTokenizer
+from moe.data.tokenizer import ByteTokenizer, load_tokenizer
 
 DOMAINS = ("code", "prose")  # the default
 ALL_DOMAINS = ("code", "prose", "arithmetic", "markup")
@@ -178,15 +178,20 @@ def split_documents(*, max_bytes_per_domain: int, val_fraction: float, seed: int
 
 
 def _build(*, seq_len: int, max_bytes_per_domain: int, val_fraction: float, seed: int,
-           domains: tuple[str, ...]) -> dict:
-    tokenizer = ByteTokenizer()
+           domains: tuple[str, ...], tokenizer) -> dict:
     sides = split_documents(max_bytes_per_domain=max_bytes_per_domain, val_fraction=val_fraction, seed=seed,
                             domains=domains)
+    byte_level = isinstance(tokenizer, ByteTokenizer)
     payload: dict = {"stats": {"documents": {}, "bytes": {}}}
     for side, docs_by_domain in sides.items():
-        packed = pack_domains({d: [data for _, data in items] for d, items in docs_by_domain.items()},
+        # bytes are the byte tokenizer's ids; another tokenizer reads the text (a document cut at the byte
+        # cap may end mid-character: that partial character is dropped)
+        packed = pack_domains({d: [data if byte_level else tokenizer.encode(data.decode("utf-8", errors="ignore"))
+                                   for _, data in items] for d, items in docs_by_domain.items()},
                               seq_len=seq_len, eos_id=tokenizer.eos_id, domains=domains)
-        payload[f"{side}_input_ids"] = packed.input_ids.to(torch.int16)  # ids <= 256: a quarter of the disk
+        # byte ids fit int16 (a quarter of the disk); a vocabulary beyond 2^15 takes int32
+        id_dtype = torch.int16 if tokenizer.vocab_size <= 2**15 else torch.int32
+        payload[f"{side}_input_ids"] = packed.input_ids.to(id_dtype)
         payload[f"{side}_domain_ids"] = packed.domain_ids
         payload["stats"][side] = split_stats(packed, domains)
         payload["stats"]["documents"][side] = {d: len(items) for d, items in docs_by_domain.items()}
@@ -196,7 +201,7 @@ def _build(*, seq_len: int, max_bytes_per_domain: int, val_fraction: float, seed
     return payload
 
 
-def _valid(payload: object, params: dict) -> bool:
+def _valid(payload: object, params: dict, vocab_size: int) -> bool:
     """The cached payload is complete, made with these parameters, and holds in-range ids."""
     if not isinstance(payload, dict) or payload.get("params") != params:
         return False
@@ -204,17 +209,17 @@ def _valid(payload: object, params: dict) -> bool:
         ids, domain_ids = payload[f"{side}_input_ids"], payload[f"{side}_domain_ids"]
         if ids.dim() != 2 or ids.shape[1] != params["seq_len"] + 1 or domain_ids.shape != ids.shape[:1]:
             return False
-        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < ByteTokenizer.vocab_size):
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < vocab_size):
             return False
         if domain_ids.numel() and not (0 <= int(domain_ids.min()) and int(domain_ids.max()) < len(params["domains"])):
             return False
     return isinstance(payload["unigram_entropy"], float) and isinstance(payload["stats"], dict)
 
 
-def _load(cache_file: Path, params: dict) -> dict | None:
+def _load(cache_file: Path, params: dict, vocab_size: int) -> dict | None:
     try:
         payload = torch.load(cache_file, weights_only=True)
-        return payload if _valid(payload, params) else None
+        return payload if _valid(payload, params, vocab_size) else None
     except Exception:  # truncated, foreign or from another torch: rebuilt by the caller
         return None
 
@@ -245,12 +250,17 @@ def _save(cache_file: Path, payload: dict, key: str) -> None:
 def build_embedded(
     *, seq_len: int, cache_dir: str | None = None, max_bytes_per_domain: int = 5_000_000,
     val_fraction: float = 0.05, seed: int = 0, domains: tuple[str, ...] | list[str] = DOMAINS,
+    tokenizer: str = "auto", eos_token: str | None = None,
 ) -> DataBundle:
-    """The embedded corpus packed into sequences of ``seq_len + 1`` byte tokens (see the module doc).
+    """The embedded corpus packed into sequences of ``seq_len + 1`` tokens (see the module doc).
 
     ``cache_dir=None`` builds without caching. ``seed`` orders the training documents before packing;
     the selection and the validation sequences do not depend on it. ``domains``: which of
-    ``ALL_DOMAINS``, in the order of their domain ids.
+    ``ALL_DOMAINS``, in the order of their domain ids. ``tokenizer``: ``byte``, or a directory holding a
+    Hugging Face tokenizer.json (or the file), e.g. of the dense model being upcycled; ``auto`` is
+    init.path's tokenizer, which ``moe.training.run`` resolves, and ``byte`` when called without a run.
+    ``eos_token`` overrides a tokenizer.json's end-of-document token.
+    The same documents are selected whatever the tokenizer (the caps count bytes).
     """
     domains = check_domains(domains)
     check_val_fraction(val_fraction)
@@ -258,21 +268,24 @@ def build_embedded(
         raise ValueError(f"data.seq_len={seq_len} must be >= 1")
     if max_bytes_per_domain < 1:
         raise ValueError(f"data.max_bytes_per_domain={max_bytes_per_domain} must be >= 1")
+    tok = load_tokenizer("byte" if tokenizer == "auto" else tokenizer, eos_token)
     params = {"format": CACHE_FORMAT, "python": f"{platform.python_implementation()} {platform.python_version()}",
               "stdlib": sysconfig.get_paths()["stdlib"], "seq_len": seq_len,
               "max_bytes_per_domain": max_bytes_per_domain, "val_fraction": val_fraction, "seed": seed,
               "domains": list(domains)}
+    if not isinstance(tok, ByteTokenizer):  # the byte tokenizer's caches keep the keys they always had
+        params["tokenizer"] = {"sha1": hashlib.sha1(tok.path.read_bytes()).hexdigest(), "eos_id": tok.eos_id}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     cache_file = Path(cache_dir).expanduser() / f"embedded-{key}.pt" if cache_dir else None
-    payload = _load(cache_file, params) if cache_file is not None and cache_file.is_file() else None
+    payload = _load(cache_file, params, tok.vocab_size) if cache_file is not None and cache_file.is_file() else None
     if payload is None:
         payload = {"params": params, **_build(seq_len=seq_len, max_bytes_per_domain=max_bytes_per_domain,
-                                              val_fraction=val_fraction, seed=seed, domains=domains)}
+                                              val_fraction=val_fraction, seed=seed, domains=domains, tokenizer=tok)}
         if cache_file is not None:
             _save(cache_file, payload, key)
     return DataBundle(
         train=PackedDataset(payload["train_input_ids"], payload["train_domain_ids"]),
         val=PackedDataset(payload["val_input_ids"], payload["val_domain_ids"]),
-        tokenizer=ByteTokenizer(), domains=domains, unigram_entropy=payload["unigram_entropy"],
+        tokenizer=tok, domains=domains, unigram_entropy=payload["unigram_entropy"],
         stats=payload["stats"],
     )

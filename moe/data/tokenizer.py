@@ -32,3 +32,17 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return f"ByteTokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+def load_tokenizer(tokenizer: str, eos_token: str | None = None):
+    """``byte`` → :class:`ByteTokenizer`; a directory with tokenizer.json (or the file) → :class:`HFTokenizer`."""
+    if tokenizer == "byte":
+        if eos_token is not None:
+            raise ValueError("data.eos_token applies to a tokenizer.json; the byte tokenizer's eos id is fixed (256)")
+        return ByteTokenizer()
+    if tokenizer == "auto":  # needs init.path, which only the run config knows
+        raise ValueError("data.tokenizer='auto' is resolved by moe.training.run from init.path; "
+                         "when building data directly pass 'byte' or a tokenizer path")
+    from moe.data.hf_tokenizer import HFTokenizer  # needs the tokenizers library
+
+    return HFTokenizer(tokenizer, eos_token=eos_token)

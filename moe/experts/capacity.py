@@ -41,7 +41,7 @@ class CapacityExperts(SwiGLUExperts):
     """Padded batched-matmul dispatch (see the module docstring).
 
     Args:
-        num_experts, d_model, d_ff, init_std: as :class:`SwiGLUExperts`.
+        num_experts, d_model, d_ff, init_std, activation: as :class:`SwiGLUExperts`.
         pad_multiple: round the capacity C up to a multiple of this (64 helps bf16 on CPU).
         capacity_factor: None: C from the busiest expert; a number c > 0: fixed C = ceil(k·T/E · c),
             and an error if an expert gets more rows (enable dropping with ``model.capacity_factor``).
@@ -49,9 +49,9 @@ class CapacityExperts(SwiGLUExperts):
 
     def __init__(
         self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02,
-        pad_multiple: int = 1, capacity_factor: float | None = None,
+        pad_multiple: int = 1, capacity_factor: float | None = None, activation: str = "swiglu",
     ):
-        super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std)
+        super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std, activation=activation)
         if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
             raise ValueError(f"experts.pad_multiple={pad_multiple!r} must be an integer >= 1")
         if capacity_factor is not None and (
@@ -88,7 +88,7 @@ class CapacityExperts(SwiGLUExperts):
         C = self.capacity(routing)
         sorted_ = sort_by_expert(routing)
         x_ND = gather_rows(x_TD, sorted_, dtype)
-        out_ND = padded_expert_outputs(x_ND, sorted_.tokens_per_expert_E, C, self.stacked_weights(dtype))
+        out_ND = padded_expert_outputs(x_ND, sorted_.tokens_per_expert_E, C, self.stacked_weights(dtype), self.mlp)
         return combine(out_ND, sorted_, x_TD.shape[0])
 
     def extra_repr(self) -> str:

@@ -90,9 +90,10 @@ class GroupedExperts(SwiGLUExperts):
     """Sorted dispatch with grouped GEMMs or a sorted loop (see the module docstring for ``impl``)."""
 
     def __init__(
-        self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02, impl: str = "auto"
+        self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02, impl: str = "auto",
+        activation: str = "swiglu",
     ):
-        super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std)
+        super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std, activation=activation)
         if impl not in IMPLS:
             raise ValueError(f"experts.impl={impl!r} is not one of {IMPLS}")
         if impl == "grouped_mm" and _grouped_mm is None:
@@ -135,23 +136,21 @@ class GroupedExperts(SwiGLUExperts):
         return 0 < num_rows and padded_rows <= PADDED_MAX_OVERHEAD * num_rows
 
     def expert_outputs(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
-        w_gate_EDF, w_up_EDF, w_down_EFD = weights
         impl = self.resolved_impl(x_ND.device, x_ND.dtype, tokens_per_expert_E)
         if impl == "padded_bmm":
-            return padded_expert_outputs(x_ND, tokens_per_expert_E, padded_capacity(tokens_per_expert_E), weights)
+            return padded_expert_outputs(x_ND, tokens_per_expert_E, padded_capacity(tokens_per_expert_E), weights,
+                                         self.mlp)
         if impl == "grouped_mm":
             if problem := self.grouped_mm_problem(x_ND.device, x_ND.dtype):
                 raise RuntimeError(f"experts.impl='grouped_mm' cannot run: {problem}; use impl='auto'")
             offsets_E = torch.cumsum(tokens_per_expert_E, 0, dtype=torch.int32)
-            h_NF = F.silu(grouped_mm(x_ND, w_gate_EDF, offsets_E)) * grouped_mm(x_ND, w_up_EDF, offsets_E)
-            return grouped_mm(h_NF, w_down_EFD, offsets_E)
+            return self.mlp(x_ND, weights, matmul=lambda x, w_EXY: grouped_mm(x, w_EXY, offsets_E),
+                            add_bias=lambda h, b_EX: h + torch.repeat_interleave(
+                                b_EX, tokens_per_expert_E, dim=0, output_size=h.shape[0]))
         # unbind, not w[e]: indexing a stacked parameter in a loop makes backward O(E²·D·F) (docs/design.md)
-        per_expert = zip(
-            torch.split(x_ND, tokens_per_expert_E.tolist()),
-            w_gate_EDF.unbind(0), w_up_EDF.unbind(0), w_down_EFD.unbind(0),
-            strict=True,
-        )
-        return torch.cat([self.expert_ffn(*args) for args in per_expert])
+        per_expert = zip(torch.split(x_ND, tokens_per_expert_E.tolist()), zip(*(w.unbind(0) for w in weights)),
+                         strict=True)
+        return torch.cat([self.mlp(x_rows, expert_weights) for x_rows, expert_weights in per_expert])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"

@@ -25,9 +25,9 @@ class LoopExperts(SwiGLUExperts):
         # unbind, not w[e]: indexing a stacked parameter inside the loop makes backward O(E²·D·F)
         # (each w[e] backward materialises a full [E, D, F] gradient; docs/design.md "Benchmarks")
         per_expert = zip(*(w.unbind(0) for w in self.stacked_weights(dtype)), strict=True)
-        for e, (w_gate_DF, w_up_DF, w_down_FD) in enumerate(per_expert):
+        for e, weights in enumerate(per_expert):
             mask_N = routing.expert_ids_N == e
             token_ids = routing.token_ids_N[mask_N]
-            out_ND = self.expert_ffn(x_TD[token_ids].to(dtype), w_gate_DF, w_up_DF, w_down_FD)
+            out_ND = self.mlp(x_TD[token_ids].to(dtype), weights)
             y_TD.index_add_(0, token_ids, out_ND * routing.weights_N[mask_N].to(dtype).unsqueeze(-1))
         return y_TD

@@ -4,18 +4,18 @@ Given rows x_ND already grouped by expert (tokens_per_expert_E rows each) and a 
 busiest expert's rows:
 
     scatter expert e's rows into slots [0, count_e) of a zero-padded buffer  x_ECD  [E, C, D]
-    h_ECF = SiLU(x_ECD @ W_gate) ⊙ (x_ECD @ W_up);   out_ECD = h_ECF @ W_down      (torch.bmm)
+    out_ECD = the expert MLP of x_ECD, every matmul a torch.bmm over the experts
+              (SwiGLU: SiLU(x_ECD @ W_gate) ⊙ (x_ECD @ W_up) @ W_down; biases broadcast over the C slots)
     gather the valid rows back → out_ND
 
 Padded rows are zeros going in and their outputs are discarded, so they add nothing to y or to any
-gradient (SiLU(0)·0 = 0, so even the weight gradients get exact zeros from them). The price is the
-padding: E·C rows computed for N real ones.
+gradient (their output rows get zero gradient, so nothing flows back through them into a weight or
+bias). The price is the padding: E·C rows computed for N real ones.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -35,14 +35,13 @@ def padded_slots(tokens_per_expert_E: torch.Tensor, capacity: int) -> torch.Tens
 
 
 def padded_expert_outputs(
-    x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, capacity: int, weights
+    x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, capacity: int, weights, mlp
 ) -> torch.Tensor:
-    """FFN_e of every expert-sorted row, computed on the zero-padded [E, C, D] buffer."""
-    w_gate_EDF, w_up_EDF, w_down_EFD = weights
-    E, D = w_gate_EDF.shape[0], x_ND.shape[-1]
+    """FFN_e of every expert-sorted row, computed on the zero-padded [E, C, D] buffer; ``mlp`` is the
+    experts' :meth:`~moe.experts.swiglu.SwiGLUExperts.mlp`."""
+    E, D = tokens_per_expert_E.shape[0], x_ND.shape[-1]
     slot_N = padded_slots(tokens_per_expert_E, capacity)
     # index_copy: its backward w.r.t. the source is an index_select, so padded slots get no gradient
     x_ECD = x_ND.new_zeros(E * capacity, D).index_copy(0, slot_N, x_ND).view(E, capacity, D)
-    h_ECF = F.silu(torch.bmm(x_ECD, w_gate_EDF)) * torch.bmm(x_ECD, w_up_EDF)
-    out_ECD = torch.bmm(h_ECF, w_down_EFD)
+    out_ECD = mlp(x_ECD, weights, matmul=torch.bmm, add_bias=lambda h_ECX, b_EX: h_ECX + b_EX.unsqueeze(1))
     return out_ECD.reshape(E * capacity, D).index_select(0, slot_N)

@@ -179,8 +179,8 @@ def _finish_facts(model: DecoderLM, facts: ModelFacts) -> ModelFacts:
         if layer.capacity_factor is not None or layer.eval_capacity_factor is not None:
             raise ValueError(f"block {i}: model.capacity_factor={layer.capacity_factor} / eval_capacity_factor="
                              f"{layer.eval_capacity_factor}: HF MoEs are dropless; set both to null to export")
-        if not isinstance(layer.experts, SwiGLUExperts):
-            raise ValueError(f"block {i}: experts {type(layer.experts).__name__} are not SwiGLU experts")
+        if not isinstance(layer.experts, SwiGLUExperts) or layer.experts.activation != "swiglu":
+            raise ValueError(f"block {i}: experts {layer.experts!r} are not SwiGLU experts (no HF MoE has GELU ones)")
         shared = layer.shared_expert
         if shared is not None and not isinstance(shared.ffn, SwiGLU):
             raise ValueError(f"block {i}: shared expert {type(shared.ffn).__name__} is not SwiGLU")

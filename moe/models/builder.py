@@ -133,9 +133,9 @@ def check_model_options(o: Mapping[str, Any]) -> None:
         if o[name] != fine:
             raise ValueError(f"model.{name}={o[name]!r} is not supported with model.attention={o['attention']} "
                              f"(allowed: {fine!r})")
-    if o["num_experts"] > 0 and o["mlp"] != "swiglu":
-        raise ValueError(f"model.mlp={o['mlp']!r}: MoE experts are SwiGLU; a GELU MLP model stays dense "
-                         f"(upcycle it with moe.upcycle.upcycle_module)")
+    if o["num_experts"] > 0 and o["num_shared_experts"] > 0 and o["mlp"] != "swiglu":
+        raise ValueError(f"model.num_shared_experts={o['num_shared_experts']} with model.mlp={o['mlp']!r}: shared "
+                         f"experts are SwiGLU; set model.num_shared_experts=0 (routed experts follow model.mlp)")
 
 
 def layer_plan(o: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -160,7 +160,10 @@ def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:
     # created in this order (router, experts, balancers, shared expert): routers keep their
     # construction-time init, so the order fixes which random numbers they draw
     router = o["router"](d_model=d_model, num_experts=num_experts)
-    experts = o["experts"](num_experts=num_experts, d_model=d_model, d_ff=expert_d_ff)
+    # routed experts are MLPs of the backbone's kind (passed only when not the default, so a custom
+    # SwiGLU-only experts class keeps working)
+    activation = {} if o["mlp"] == "swiglu" else {"activation": o["mlp"]}
+    experts = o["experts"](num_experts=num_experts, d_model=d_model, d_ff=expert_d_ff, **activation)
     balancers = {name: make() for name, make in (o["balancers"] or {}).items()}
     shared = SharedExpert(d_model=d_model, num_experts=o["num_shared_experts"],
                           d_ff=o["shared_expert_d_ff"] or expert_d_ff, gate=o["shared_expert_gate"],

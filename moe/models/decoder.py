@@ -101,9 +101,10 @@ class DecoderLM(nn.Module):
         Routers keep their own init."""
         residual_std = self.init_std / math.sqrt(2 * len(self.blocks))
         for name, param in self.named_parameters():
-            if ".router." in name or param.dim() < 2:
+            if ".router." in name or param.dim() < 2 or name.rsplit(".", 1)[-1].startswith("b_"):  # expert biases
                 continue
-            is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD"))
+            is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
+                                             "w_proj_EFD"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
     @property
     def moe_layers(self) -> list[MoELayer]:

@@ -53,13 +53,14 @@ def default_cache_dir() -> str:
     return str(Path(root) / "moe-lab" / "data")
 
 
-def calibration_ids(*, num_tokens: int, seq_len: int, cache_dir: str | None) -> torch.Tensor:
-    """A fixed slice of the embedded corpus's training split: ceil(num_tokens / seq_len) sequences [B, S]."""
+def calibration_ids(*, num_tokens: int, seq_len: int, cache_dir: str | None, tokenizer: str = "byte") -> torch.Tensor:
+    """A fixed slice of the embedded corpus's training split, in the dense model's ``tokenizer`` (``byte``
+    or a tokenizer.json path): ceil(num_tokens / seq_len) sequences [B, S]."""
     from moe.data import build_embedded
 
     if num_tokens < 1:
         raise ValueError(f"init.calibration_tokens={num_tokens} must be >= 1")
-    data = build_embedded(seq_len=seq_len, cache_dir=cache_dir or default_cache_dir())
+    data = build_embedded(seq_len=seq_len, cache_dir=cache_dir or default_cache_dir(), tokenizer=tokenizer)
     num_sequences = min(math.ceil(num_tokens / seq_len), len(data.train.input_ids))
     return data.train.input_ids[:num_sequences, :-1].long()
 

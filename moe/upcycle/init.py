@@ -33,6 +33,7 @@ from moe.loading import load_model
 from moe.types import LinearScored, Scored, TopKGated, supports
 from moe.upcycle import carve
 from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
+from moe.upcycle.source_backbone import source_tokenizer
 
 METHODS = ("copy", "virtual_group", "drop", "carve", "split")
 
@@ -132,9 +133,10 @@ class Upcycle:
                 if not block.is_moe:
                     _copy_matching(dense_block.ffn, block.ffn, skip_ffn=False, source_name=source)
 
-            def calibration():  # read only when the method needs activations
+            def calibration():  # read only when the method needs activations, in the source's own tokens
                 return carve.calibration_ids(num_tokens=self.calibration_tokens, seq_len=model.max_seq_len,
-                                             cache_dir=self.calibration_cache_dir)
+                                             cache_dir=self.calibration_cache_dir,
+                                             tokenizer=source_tokenizer(self.path))
 
             carve.carve_model(dense, model, method=self.method, calibration=calibration,
                               active_neurons=self.active_neurons, split_partition=self.partition, seed=self.seed)

@@ -185,3 +185,29 @@ def test_markup_is_well_formed_xml_outline_of_the_module():
 def test_unknown_domain_is_named():
     with pytest.raises(ValueError, match=r"data.domains=\['code', 'poetry'\] must be distinct names from"):
         build_embedded(**SMALL, domains=["code", "poetry"])
+
+
+def test_a_tokenizer_json_packs_the_same_documents_in_its_own_ids(tmp_path):
+    from bpe_tokenizer import VOCAB, save_bpe_tokenizer
+
+    from moe.data.packing import pack
+
+    tok_dir = save_bpe_tokenizer(tmp_path / "tok")
+    bundle = build_embedded(cache_dir=str(tmp_path / "cache"), tokenizer=str(tok_dir), **SMALL)
+    tok = bundle.tokenizer
+    assert bundle.vocab_size == VOCAB and tok.eos_id == tok._tokenizer.token_to_id("<|endoftext|>")
+    # the byte-capped selection, tokenised by the tokenizer.json and packed in the same order
+    sides = embedded.split_documents(max_bytes_per_domain=SMALL["max_bytes_per_domain"],
+                                     val_fraction=SMALL["val_fraction"])
+    for side, split in (("train", bundle.train), ("val", bundle.val)):
+        for d, domain in enumerate(bundle.domains):
+            docs = [tok.encode(data.decode("utf-8", errors="ignore")) for _, data in sides[side][domain]]
+            assert torch.equal(split.input_ids[split.domain_ids == d], pack(docs, seq_len=64, eos_id=tok.eos_id))
+    first_doc = sides["val"]["prose"][0][1].decode("utf-8", errors="ignore")
+    assert first_doc.startswith(tok.decode(bundle.val.input_ids[bundle.val.domain_ids == 1][0].tolist()))
+    assert int(bundle.train.input_ids.max()) > 256  # merges are used: not byte ids
+    # cached under its own key: the byte corpus beside it is another file; a second build reads the cache
+    byte_bundle = build_embedded(cache_dir=str(tmp_path / "cache"), **SMALL)
+    assert byte_bundle.vocab_size == 257 and len(list((tmp_path / "cache").glob("embedded-*.pt"))) == 2
+    again = build_embedded(cache_dir=str(tmp_path / "cache"), tokenizer=str(tok_dir), **SMALL)
+    assert torch.equal(again.train.input_ids, bundle.train.input_ids)

@@ -219,3 +219,39 @@ def test_constructor_is_keyword_only_and_init_follows_init_std():
 
 def make_routing(case: str, T: int = T, E: int = E, K: int = K):
     return random_routing(case, T=T, E=E, K=K)
+
+
+def gelu_experts(make_backend) -> SwiGLUExperts:
+    """A backend's GELU twin (same class and options, activation="gelu") with random non-zero biases."""
+    backend = make_backend()
+    options = {"impl": backend.impl} if isinstance(backend, GroupedExperts) else {}
+    if isinstance(backend, CapacityExperts):
+        options = {"pad_multiple": backend.pad_multiple, "capacity_factor": backend.capacity_factor}
+    experts = type(backend)(**DIMS, **options, activation="gelu")
+    with torch.no_grad():
+        experts.b_fc_EF.normal_(0.0, 0.5)
+        experts.b_proj_ED.normal_(0.0, 0.5)
+    return experts
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("make_backend", BACKENDS)
+def test_gelu_experts_match_the_loop_reference_and_the_formula(make_backend, case):
+    """GPT-2-style experts: y_t = Σ w · (GELU_tanh(x W_fc,e + b_fc,e) W_proj,e + b_proj,e), biases included,
+    in every backend, with the gradients of every stack."""
+    backend = gelu_experts(make_backend)
+    assert [name for name, _ in backend.named_parameters()] == ["w_fc_EDF", "b_fc_EF", "w_proj_EFD", "b_proj_ED"]
+    reference = LoopExperts(**DIMS, activation="gelu")
+    reference.load_state_dict(backend.state_dict())
+    routing, x_TD, grad_TD = make_routing(case), torch.randn(T, D), torch.randn(T, D)
+    y_ref, grads_ref = outputs_and_grads(reference, x_TD, routing, grad_TD)
+    y, grads = outputs_and_grads(backend, x_TD, routing, grad_TD)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for name, g, g_ref in zip(("x", "weights_N", "w_fc", "b_fc", "w_proj", "b_proj"), grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"grad {n}: {m}")
+    # the formula, token by token
+    expected_TD = torch.zeros(T, D)
+    for t, e, w in zip(routing.token_ids_N.tolist(), routing.expert_ids_N.tolist(), routing.weights_N.tolist()):
+        h_F = F.gelu(x_TD[t] @ backend.w_fc_EDF[e] + backend.b_fc_EF[e], approximate="tanh")
+        expected_TD[t] += w * (h_F @ backend.w_proj_EFD[e] + backend.b_proj_ED[e])
+    torch.testing.assert_close(y, expected_TD.detach(), atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from moe.balance import SwitchAuxLoss, ZLoss
 from moe.experts import GroupedExperts
 from moe.models import DecoderLM, build_decoder
+from moe.models.ffn import GELUMLP
 from moe.routers import TopKRouter
 
 SMALL = dict(vocab_size=50, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=16)
@@ -79,6 +80,15 @@ def test_qk_norm_and_bf16_autocast_forward():
     assert out.layer_aux[1].routing.logits_TE.dtype == torch.float32
 
 
+def test_a_gelu_backbone_gets_gelu_experts_with_biases_at_zero():
+    model = moe_model(mlp="gelu")
+    experts = model.moe_layers[0].experts
+    assert experts.activation == "gelu" and isinstance(model.blocks[0].ffn, GELUMLP)
+    assert experts.b_fc_EF.abs().sum() == 0 and experts.b_proj_ED.abs().sum() == 0
+    # the output projection gets the depth-scaled init of every residual-stream projection
+    assert experts.w_proj_EFD.std() < 0.75 * experts.w_fc_EDF.std()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -87,7 +97,8 @@ def test_qk_norm_and_bf16_autocast_forward():
         ({"num_experts": -1}, "num_experts=-1"),
         ({"qk_norm": True, "qk_norm_scope": "row"}, "qk_norm_scope='row' is not one of"),
         ({"mlp": "relu"}, "model.mlp='relu' is not one of"),
-        ({"mlp": "gelu"}, "MoE experts are SwiGLU"),
+        ({"mlp": "gelu", "num_shared_experts": 1}, "model.num_shared_experts=1 with model.mlp='gelu': shared experts "
+                                                   "are SwiGLU"),
         ({"router": functools.partial(TopKRouter, top_k=5, order="softmax_then_topk")}, "top_k=5 > num_experts=4"),
     ],
 )

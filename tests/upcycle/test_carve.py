@@ -29,9 +29,10 @@ def dense_run(tmp_path_factory, data_cache):
 
 
 def carve_run(smoke, dense_run, data_cache, run_dir, *overrides):
-    summary = run(smoke("init=upcycle", f"init.path={dense_run[0]}", "trainer.max_steps=0", "model.num_experts=8",
-                        f"init.calibration_cache_dir={data_cache}", "init.calibration_tokens=2048",
-                        f"model.expert_d_ff={F_E}", *overrides, run_dir=run_dir))
+    overrides = ["init=upcycle", f"init.path={dense_run[0]}", "trainer.max_steps=0", "model.num_experts=8",
+                 f"init.calibration_cache_dir={data_cache}", "init.calibration_tokens=2048", f"model.expert_d_ff={F_E}",
+                 *overrides]
+    summary = run(smoke(*overrides, run_dir=run_dir), overrides)
     return load_model(run_dir), summary
 
 

@@ -27,8 +27,8 @@ def dense_run(tmp_path_factory, data_cache):
 
 def upcycle(smoke, dense_run, tmp_path, *overrides):
     run_dir = tmp_path / "upcycled"
-    summary = run(smoke("init=upcycle", f"init.path={dense_run}", "trainer.max_steps=0", "model.num_experts=8",
-                        *overrides, run_dir=run_dir))
+    overrides = ["init=upcycle", f"init.path={dense_run}", "trainer.max_steps=0", "model.num_experts=8", *overrides]
+    summary = run(smoke(*overrides, run_dir=run_dir), overrides)  # as train.py: the overrides tell what is explicit
     return load_model(run_dir), summary
 
 
@@ -44,6 +44,9 @@ IDS = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(0))
     "overrides",
     [
         pytest.param(("init.method=copy", f"model.expert_d_ff={SMOKE_F}", "router.order=topk_then_softmax"), id="copy"),
+        pytest.param(("init.method=copy",), id="copy_sizes_from_the_source"),
+        pytest.param(("init.method=virtual_group", "init.granularity=4", "router.top_k=4"),
+                     id="virtual_group_G4_sizes_from_the_source"),
         pytest.param(("init.method=virtual_group", "init.granularity=2", f"model.expert_d_ff={SMOKE_F // 2}",
                       "router.order=topk_then_softmax"), id="virtual_group_G2"),
         pytest.param(("init.method=virtual_group", "init.granularity=4", f"model.expert_d_ff={SMOKE_F // 4}",
@@ -95,12 +98,14 @@ def test_init_checkpoint_copies_every_weight(smoke, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("init.method=copy",), r"d_ff=128 neurons but 8 experts of model.expert_d_ff=64.*granularity=2 fits"),
-        (("init.method=virtual_group", "init.granularity=4", "router.top_k=4"),
+        (("init.method=copy", "model.expert_d_ff=64"),
+         r"d_ff=128 neurons but 8 experts of model.expert_d_ff=64.*granularity=2 fits"),
+        (("init.method=virtual_group", "init.granularity=4", "router.top_k=4", "model.expert_d_ff=64"),
          "need d_ff = granularity x expert_d_ff = 256"),
         (("init.method=virtual_group", "init.granularity=2", "router.top_k=1"),
          "router.top_k=1 to be a multiple of init.granularity=2"),
-        (("init.method=copy", "model.d_model=32", "model.expert_d_ff=128"), r"embed.weight: .* shape \(257, 64\)"),
+        (("init.method=copy", "model.d_model=32"),
+         r"model.d_model=32 disagrees with init.path=.*, which has d_model=64"),
         (("init.method=mitosis",), "init.method='mitosis' is not one of"),
         (("init.method=copy", "model.expert_d_ff=128", "model.num_shared_experts=1"),
          "init.method=copy fills routed experts only: set model.num_shared_experts=0"),
