@@ -5,11 +5,12 @@
     data.path=text data.data_files='books/*.txt'                          # local text, one doc per line
     data.path=parquet data.data_files=shard.parquet
 
-Rows are byte-tokenised and packed per domain: the value of ``domain_field`` when given (domains
-sorted by name), else one domain named after the dataset (the config name, the first local file's
-stem, or the hub name). ``max_documents`` keeps the first rows. The split is fixed by row index
-(moe/data/split.py); ``seed`` only orders the training rows before packing. Local files are checked
-before ``datasets`` sees them, so a typo is a one-line error naming the path, offline or not.
+Rows are tokenised (bytes by default, or ``tokenizer``: a tokenizer.json) and packed per domain: the
+value of ``domain_field`` when given (domains sorted by name), else one domain named after the dataset
+(the config name, the first local file's stem, or the hub name). ``max_documents`` keeps the first
+rows. The split is fixed by row index (moe/data/split.py); ``seed`` only orders the training rows
+before packing. Local files are checked before ``datasets`` sees them, so a typo is a one-line error
+naming the path, offline or not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from moe.data.packing import DataBundle, pack_domains, split_stats, unigram_entropy
 from moe.data.split import assign_validation, check_val_fraction, seeded_order
-from moe.data.tokenizer import ByteTokenizer
+from moe.data.tokenizer import load_tokenizer
 
 LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 _BATCH_ROWS = 1024  # rows read per batch: column batches are ~10x faster than one dict per row
@@ -62,10 +63,13 @@ def build_hf(
     *, seq_len: int, path: str, name: str | None = None, data_files: str | list[str] | dict | None = None,
     split: str = "train", text_field: str = "text", domain_field: str | None = None,
     val_fraction: float = 0.05, max_documents: int | None = None, cache_dir: str | None = None, seed: int = 0,
+    tokenizer: str = "auto", eos_token: str | None = None,
 ) -> DataBundle:
-    """A ``datasets`` dataset packed into sequences of ``seq_len + 1`` byte tokens (see the module doc).
+    """A ``datasets`` dataset packed into sequences of ``seq_len + 1`` tokens (see the module doc).
 
     ``cache_dir`` is ``datasets``' own cache (None: its default, ~/.cache/huggingface/datasets).
+    ``tokenizer``: ``byte``, or a directory holding a tokenizer.json (or the file); ``auto`` is
+    init.path's, which ``moe.training.run`` resolves, and ``byte`` when called without a run.
     """
     check_val_fraction(val_fraction)
     if seq_len < 1:
@@ -87,7 +91,7 @@ def build_hf(
         raise ValueError(f"data: {path} (split {split!r}) has no rows")
 
     default_domain = name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
-    tokenizer = ByteTokenizer()
+    tokenizer = load_tokenizer("byte" if tokenizer == "auto" else tokenizer, eos_token)
     rows = _tokenized_rows(dataset, tokenizer, text_field=text_field, domain_field=domain_field,
                            default_domain=default_domain)
     if not rows:
@@ -115,7 +119,7 @@ def build_hf(
                       unigram_entropy=unigram_entropy(packed["train"].input_ids, tokenizer.vocab_size), stats=stats)
 
 
-def _tokenized_rows(dataset, tokenizer: ByteTokenizer, *, text_field: str, domain_field: str | None,
+def _tokenized_rows(dataset, tokenizer, *, text_field: str, domain_field: str | None,
                     default_domain: str) -> dict[str, list[tuple[str, object]]]:
     """domain -> [(row id, token ids)] of the non-empty rows (empty rows, e.g. wikitext's blank lines,
     would only add eos tokens)."""

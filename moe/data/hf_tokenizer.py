@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -70,6 +72,10 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of ``encode`` as an int32 array (packing a large corpus keeps arrays, not Python ints)."""
+        return np.asarray(self.encode(text), dtype=np.int32)
 
     def decode(self, ids: list[int]) -> str:
         """Ids back to text, special tokens (eos) skipped like the byte tokenizer does."""

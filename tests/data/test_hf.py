@@ -137,3 +137,20 @@ def test_too_little_text_for_one_sequence(tmp_path):
     path = write_jsonl(tmp_path / "tiny.jsonl", [{"text": "hi"}, {"text": "yo"}])
     with pytest.raises(ValueError, match="no train sequence of seq_len\\+1=65 tokens"):
         build_hf(seq_len=64, path="json", data_files=path, cache_dir=str(tmp_path / "hf"))
+
+
+def test_a_tokenizer_json_packs_the_rows_in_its_ids(tmp_path):
+    from bpe_tokenizer import VOCAB, save_bpe_tokenizer
+
+    from moe.data.packing import pack
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(DOCS) + "\n")
+    tok_dir = save_bpe_tokenizer(tmp_path / "tok")
+    bundle = build_hf(seq_len=32, path="text", data_files=str(path), val_fraction=0.2, cache_dir=str(tmp_path / "hf"),
+                      tokenizer=str(tok_dir))
+    tok = bundle.tokenizer
+    assert bundle.vocab_size == VOCAB
+    flags = assign_validation([f"row:{i}" for i in range(len(DOCS))], 0.2)
+    val_docs = [tok.encode(text) for text, in_val in zip(DOCS, flags) if in_val]
+    assert torch.equal(bundle.val.input_ids, pack(val_docs, seq_len=32, eos_id=tok.eos_id))

@@ -99,12 +99,28 @@ def test_carving_a_hf_model_calibrates_in_its_tokens_and_keeps_its_function_with
              "router.top_k=3", "init.calibration_tokens=512", f"init.calibration_cache_dir={data_cache}",
              "trainer.max_steps=0"]
     if source.name.startswith("gpt2"):
-        with pytest.raises(ValueError, match="init.method=carve partitions SwiGLU neurons; init.path=.* has model.mlp=gelu"):
+        with pytest.raises(ValueError, match="init.method=carve partitions SwiGLU neurons; .* has model.mlp=gelu"):
             upcycle(smoke, source, tmp_path / "moe", *carve)
         return
     upcycle(smoke, source, tmp_path / "moe", *carve)
     moe = load_model(tmp_path / "moe")
     assert moe.moe_layers[0].experts.d_ff == moe.moe_layers[0].shared_expert.ffn.gate.weight.shape[0] == 24  # 96 / 4
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_the_llama3_moe_recipe_upcycles_any_dense_source_exactly(hf_dense, tmp_path, data_cache):
+    from conftest import compose
+
+    source, dense = hf_dense
+    overrides = ["experiment=[smoke,llama3_moe_upcycle]", f"init.path={source}", "logger=none",
+                 "trainer.progress=false", f"data.cache_dir={data_cache}", "trainer.max_steps=0"]
+    run(compose(*overrides, run_dir=tmp_path / "moe"), overrides)
+    moe = load_model(tmp_path / "moe")
+    layers = moe.moe_layers
+    assert len(layers) == 3 and {(layer.experts.num_experts, layer.router.top_k) for layer in layers} == {(8, 2)}
+    assert layers[0].shared_expert is None and layers[0].experts.d_ff == 96
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(moe(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-5)
