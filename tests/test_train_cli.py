@@ -109,3 +109,20 @@ def test_a_sweep_resumed_longer_continues_in_its_own_job_folders(tmp_path, data_
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir()) == jobs  # no new folders
     for job in jobs:
         assert json.loads((tmp_path / "cmp" / job / "summary.json").read_text())["step"] == 4
+
+
+def test_upcycling_tells_a_typed_backbone_value_from_a_config_default(tmp_path, data_cache):
+    """experiment=smoke's d_model (a config file's) gives way to the source's; a typed one must agree."""
+    dense = tmp_path / "dense"
+    assert train("model=dense_tiny", "model.d_ff=96", f"run_dir={dense}", data_cache=data_cache).returncode == 0
+    upcycled = train("init=upcycle", f"init.path={dense}", "model.d_ff=96", "model.num_experts=4",
+                     f"run_dir={tmp_path / 'moe'}", data_cache=data_cache)
+    assert upcycled.returncode == 0, upcycled.stderr
+    config = yaml.safe_load((tmp_path / "moe" / "config.yaml").read_text())
+    assert (config["model"]["expert_d_ff"], config["model"]["num_shared_experts"]) == (96, 0)
+    refused = train("init=upcycle", f"init.path={dense}", "model.d_ff=128", f"run_dir={tmp_path / 'bad'}",
+                    data_cache=data_cache)
+    assert refused.returncode == 2 and not (tmp_path / "bad").exists()
+    assert refused.stderr.strip().splitlines() == [
+        f"moe-lab: error: model.d_ff=128 disagrees with init.path={dense}, which has d_ff=96; the backbone comes "
+        f"from the source: drop model.d_ff from the command line"]
