@@ -14,7 +14,8 @@ MoE sizes the user did not set follow the method:
 - ``virtual_group`` with granularity G: experts are shards, ``expert_d_ff = d_ff / G``;
 - these three fill routed experts only, so ``num_shared_experts`` defaults to 0 (the default MoE has one);
 - ``carve`` / ``split``: the dense neurons are partitioned into ``num_shared_experts + num_experts``
-  equal experts, ``expert_d_ff = shared_expert_d_ff = d_ff / (S + E)``.
+  equal experts, ``expert_d_ff = shared_expert_d_ff = d_ff / (S + E)``; they need SwiGLU neurons (a
+  GPT-2 source, ``mlp=gelu``, is refused: its experts are GELU MLPs, filled by copy or virtual groups).
 
 Function preservation at step 0 (He et al. 2410.07524) needs the k gate weights to sum to one over
 identical experts, which top-k routing with ``order=topk_then_softmax`` and no token dropping gives.
@@ -38,20 +39,11 @@ ROUTED_ONLY_METHODS = ("copy", "virtual_group", "drop")  # every routed expert a
 PRESERVING_METHODS = ("copy", "virtual_group")
 
 
-def explicit_keys(overrides: Iterable[str], node: str) -> dict[str, str]:
-    """``{key: value}`` for the ``node.key=value`` entries among command-line overrides (Hydra's
-    ``+``/``++`` prefixes allowed; a group choice such as ``model=dense_tiny`` names no key)."""
-    found = {}
-    for item in overrides:
-        name, sep, value = item.lstrip("+").partition("=")
-        if sep and name.startswith(node + ".") and "." not in name[len(node) + 1:]:
-            found[name[len(node) + 1:]] = value
-    return found
-
-
-def _same(configured: Any, source: Any) -> bool:
-    return configured == source or (isinstance(configured, (int, float)) and isinstance(source, (int, float))
-                                    and not isinstance(configured, bool) and float(configured) == float(source))
+def explicit_keys(overrides: Iterable[str], node: str) -> set[str]:
+    """The keys of ``node`` set by command-line overrides ``node.key=value`` (Hydra's ``+``/``++``
+    prefixes allowed; a group choice such as ``model=dense_tiny`` names no key)."""
+    names = (item.lstrip("+").partition("=")[0] for item in overrides if "=" in item)
+    return {name[len(node) + 1:] for name in names if name.startswith(node + ".") and name.count(".") == 1}
 
 
 def adopt_dense_backbone(config: dict[str, Any], source_model: Mapping[str, Any], *, path: str,
@@ -62,7 +54,7 @@ def adopt_dense_backbone(config: dict[str, Any], source_model: Mapping[str, Any]
     for key, value in source_model.items():
         if key in MOE_KEYS:
             continue
-        if key in explicit and key in model and not _same(model[key], value):
+        if key in explicit and key in model and model[key] != value:
             raise ValueError(f"model.{key}={model[key]!r} disagrees with init.path={path}, which has {key}={value!r}; "
                              f"the backbone comes from the source: drop model.{key} from the command line")
         model[key] = value

@@ -127,3 +127,11 @@ def test_upcycling_an_moe_source_is_refused(smoke, tmp_path):
 def test_missing_source_path(smoke, tmp_path):
     with pytest.raises(FileNotFoundError, match="init.path=.*nowhere does not exist"):
         run(smoke("init=upcycle", f"init.path={tmp_path / 'nowhere'}"))
+
+
+def test_explicit_keys_are_the_nodes_own_keys_typed_on_the_command_line():
+    from moe.upcycle.source_backbone import explicit_keys
+
+    overrides = ["model=dense_tiny", "model.d_model=64", "+model.rope_theta=5e5", "++model.n_layers=3",
+                 "model.router.x=1", "router.top_k=1", "-m"]
+    assert explicit_keys(overrides, "model") == {"d_model", "rope_theta", "n_layers"}
