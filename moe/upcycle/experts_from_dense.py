@@ -23,6 +23,8 @@ output bias, so a group's G renormalised shards (weight 1/G each, times s = G) a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ from moe.models.ffn import GELUMLP, SwiGLU
 DENSE_KIND = {SwiGLU: "swiglu", GELUMLP: "gelu"}  # dense FFN class -> the experts' activation it fills
 
 
-def dense_matrices(dense: nn.Module, experts: SwiGLUExperts) -> dict[str, torch.Tensor]:
+def dense_matrices(dense: nn.Module, experts: SwiGLUExperts) -> dict[str, Any]:
     """The dense FFN's neuron-indexed matrices under the experts' names: ``in`` [(name, W [F, D])] read
     by x, ``out`` W [D, F] into the residual (nn.Linear layout); ValueError if the kinds differ."""
     kind = DENSE_KIND.get(type(dense))
