@@ -3,8 +3,9 @@
 Everything that depends only on the config and the files on disk happens here, once, in this order:
 the ``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train_config.py) and the LR
 schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes, ``init=upcycle`` the
-dense source's backbone (moe/upcycle/source_backbone.py), and ``data.tokenizer=auto`` is resolved
-(moe/finetune.py), which gives the config the run records in its config.yaml; the run directory is
+dense source's backbone (moe/upcycle/source_backbone.py), ``data.tokenizer=auto`` is resolved
+(moe/finetune.py) and a composed ``data.seq_len`` longer than an adopted ``max_seq_len`` is lowered
+to it, which gives the config the run records in its config.yaml; the run directory is
 checked against ``trainer.resume``; a resumed run's schedule length is settled (moe/schedule_resume.py);
 ``trainer.mixed_precision: auto`` becomes bf16 or no for this machine in the parsed trainer node
 (moe/precision.py; config.yaml keeps the request). Nothing later changes the config.
@@ -57,8 +58,8 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
     plan = RunPlan(config, trainer, optim, Path(config["run_dir"]), None, None, trainer.max_steps)
     plan.schedule()  # checks warmup/min_lr before anything else
     adopted = adopt_upcycle_source(adopt_checkpoint_config(config), explicit_keys(overrides, "model"))
-    plan.config = resolve_tokenizer(adopted)  # what config.yaml records
-    _check_sequence_length(plan.config)
+    typed_seq_len = "seq_len" in explicit_keys(overrides, "data")
+    plan.config = _fit_sequence_length(resolve_tokenizer(adopted), typed=typed_seq_len)  # what config.yaml records
     plan.resume_from = _checked_run_dir(plan.run_dir, trainer.resume)
     if plan.resume_from is not None:
         plan.resumed_meta = read_meta(plan.resume_from)
@@ -73,11 +74,16 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
     return plan
 
 
-def _check_sequence_length(config: dict[str, Any]) -> None:
+def _fit_sequence_length(config: dict[str, Any], *, typed: bool) -> dict[str, Any]:
+    """data.seq_len follows model.max_seq_len when composed (``${model.max_seq_len}``), which may then
+    have come from init.path: a longer one is lowered to it, unless the user typed it (an error)."""
     seq_len, max_seq_len = (config.get("data") or {}).get("seq_len"), config["model"].get("max_seq_len")
-    if isinstance(seq_len, int) and isinstance(max_seq_len, int) and seq_len > max_seq_len:
+    if not (isinstance(seq_len, int) and isinstance(max_seq_len, int) and seq_len > max_seq_len):
+        return config
+    if typed:
         raise ValueError(f"data.seq_len={seq_len} exceeds model.max_seq_len={max_seq_len}; set data.seq_len"
                          f"<={max_seq_len} (the model node may come from init.path)")
+    return {**config, "data": {**config["data"], "seq_len": max_seq_len}}
 
 
 def _checked_run_dir(run_dir: Path, resume: bool) -> Path | None:

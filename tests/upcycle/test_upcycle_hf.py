@@ -124,3 +124,16 @@ def test_the_llama3_moe_recipe_upcycles_any_dense_source_exactly(hf_dense, tmp_p
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(moe(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_the_sequence_length_follows_a_shorter_source_unless_typed(smoke, tmp_path):
+    """experiment=smoke composes data.seq_len = model.max_seq_len = 64; the source allows 32."""
+    torch.manual_seed(0)
+    short = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**SHAPE, "max_position_embeddings": 32}))
+    short.save_pretrained(tmp_path / "short", safe_serialization=True)
+    save_bpe_tokenizer(tmp_path / "short")
+    upcycle(smoke, tmp_path / "short", tmp_path / "moe", *METHODS["copy"], "trainer.max_steps=1")
+    config = yaml.safe_load((tmp_path / "moe" / "config.yaml").read_text())
+    assert config["model"]["max_seq_len"] == config["data"]["seq_len"] == 32
+    with pytest.raises(ValueError, match=r"data.seq_len=64 exceeds model.max_seq_len=32; set data.seq_len<=32"):
+        upcycle(smoke, tmp_path / "short", tmp_path / "bad", *METHODS["copy"], "data.seq_len=64")
