@@ -137,3 +137,21 @@ def test_the_sequence_length_follows_a_shorter_source_unless_typed(smoke, tmp_pa
     assert config["model"]["max_seq_len"] == config["data"]["seq_len"] == 32
     with pytest.raises(ValueError, match=r"data.seq_len=64 exceeds model.max_seq_len=32; set data.seq_len<=32"):
         upcycle(smoke, tmp_path / "short", tmp_path / "bad", *METHODS["copy"], "data.seq_len=64")
+
+
+def test_drop_upcycling_redraws_the_same_fraction_of_gelu_and_swiglu_neurons(smoke, hf_dense, tmp_path):
+    source, dense = hf_dense
+    upcycle(smoke, source, tmp_path / "moe", "init.method=drop", "init.drop_ratio=0.25", "model.num_experts=4",
+            "trainer.max_steps=0")
+    experts = load_model(tmp_path / "moe").moe_layers[0].experts
+    first = "w_fc_EDF" if experts.activation == "gelu" else "w_gate_EDF"
+    dense_FD = dict(dense.named_parameters())[  # the first dense matrix read by x, [F, D]
+        "transformer.h.0.mlp.c_fc.weight" if experts.activation == "gelu" else "model.layers.0.mlp.gate_proj.weight"]
+    dense_DF = dense_FD.T if experts.activation == "swiglu" else dense_FD  # GPT-2's Conv1D is already [D, F]
+    redrawn_E = [(getattr(experts, first)[e] != dense_DF).any(dim=0) for e in range(4)]
+    assert [int(r.sum()) for r in redrawn_E] == [96 // 4] * 4
+    if experts.activation == "gelu":  # a redrawn neuron's input bias is reset, the others keep GPT-2's
+        dense_bias_F = dense.transformer.h[0].mlp.c_fc.bias
+        for e, redrawn_F in enumerate(redrawn_E):
+            assert torch.equal(experts.b_fc_EF[e][redrawn_F], torch.zeros(24))
+            assert torch.equal(experts.b_fc_EF[e][~redrawn_F], dense_bias_F[~redrawn_F])
