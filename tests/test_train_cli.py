@@ -111,6 +111,7 @@ def test_a_sweep_resumed_longer_continues_in_its_own_job_folders(tmp_path, data_
         assert json.loads((tmp_path / "cmp" / job / "summary.json").read_text())["step"] == 4
 
 
+@pytest.mark.slow  # three runs in subprocesses
 def test_upcycling_tells_a_typed_backbone_value_from_a_config_default(tmp_path, data_cache):
     """experiment=smoke's d_model (a config file's) gives way to the source's; a typed one must agree."""
     dense = tmp_path / "dense"
