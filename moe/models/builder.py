@@ -4,9 +4,10 @@ config; its keyword arguments are the ``model`` node's keys, plus the ``router``
 ``balancers`` factories that :func:`moe.models.build.build_model` instantiates from the run config.
 
 Every block is (token mixer, FFN). The layer plan names both per block: the mixer from
-``model.attention`` (``gqa`` or ``mla``; a new mixer is one entry in ``MIXERS``), the FFN from the
-layer pattern (moe/models/pattern.py): ``moe`` for the MoE blocks, ``dense`` for the others (``none``,
-an attention-only block, is supported by :class:`Block` for hybrid patterns).
+``model.attention`` (``gqa``, ``mla`` or ``mamba``: Mamba-1 before every FFN or MoE, as BlackMamba pairs
+them; a new mixer is one entry in ``MIXERS``), the FFN from the layer pattern (moe/models/pattern.py):
+``moe`` for the MoE blocks, ``dense`` for the others (``none``, an attention-only block, is supported
+by :class:`Block` for hybrid patterns).
 
 Parts are created in a fixed order (embedding, positions, then each block's mixer and FFN, final norm,
 head) and then initialised by :meth:`DecoderLM.reset_parameters`, so a seed gives the same weights.
@@ -23,6 +24,7 @@ from moe.layer import MoELayer
 from moe.models.attention import Attention
 from moe.models.decoder import Block, DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
+from moe.models.mamba import MambaMixer
 from moe.models.mla import MLAttention
 from moe.models.pattern import moe_block_indices
 from moe.shared_expert import SharedExpert
@@ -47,10 +49,17 @@ def _mla(o: Mapping[str, Any]) -> nn.Module:
                        v_head_dim=o["v_head_dim"])
 
 
+def _mamba(o: Mapping[str, Any]) -> nn.Module:
+    # Mamba-1 at its paper's defaults (d_state 16, d_conv 4, expand 2, dt_rank ceil(D/16)); RoPE is unused
+    # (the recurrence carries position), as in Jamba's Mamba layers
+    return MambaMixer(d_model=o["d_model"], norm_eps=o["norm_eps"])
+
+
 # model.attention -> the token mixer of every block, built from the model options
-MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla}
+MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla, "mamba": _mamba}
 # options a mixer cannot take, with the only value it allows
-MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"}}
+MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"},
+                "mamba": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}}
 
 
 def build_decoder(

@@ -101,10 +101,11 @@ class DecoderLM(nn.Module):
         Routers keep their own init."""
         residual_std = self.init_std / math.sqrt(2 * len(self.blocks))
         for name, param in self.named_parameters():
-            if ".router." in name or param.dim() < 2 or name.rsplit(".", 1)[-1].startswith("b_"):  # expert biases
-                continue
+            last = name.rsplit(".", 1)[-1]
+            if ".router." in name or param.dim() < 2 or last.startswith("b_") or last == "A_log":
+                continue  # routers, vectors, expert biases and Mamba's A keep their own init
             is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
-                                             "w_proj_EFD"))
+                                             "w_proj_EFD", "out_proj.weight"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
     @property
     def moe_layers(self) -> list[MoELayer]:

@@ -1,0 +1,125 @@
+"""The Mamba-1 token mixer: a selective state-space model (Gu & Dao 2312.00752), as Jamba (2403.19887)
+and BlackMamba (2402.01771) interleave it with attention and MoE blocks.
+
+For each of the d_in = expand·D channels c and N state dimensions n (I = d_in):
+
+    [x, z] = in_proj(u)                                   x, z ∈ R^{I}
+    x = SiLU(causal depthwise conv1d(x))                   kernel d_conv, one filter per channel
+    [δ, B, C] = x_proj(x)                                 δ ∈ R^{dt_rank}, B, C ∈ R^{N}
+    Δ = softplus(dt_proj(δ))                              Δ ∈ R^{I}, per token
+    A = −exp(A_log)                                       A ∈ R^{I×N}, learned, input-independent
+    h_t = exp(Δ_t A) ⊙ h_{t−1} + (Δ_t x_t) ⊗ B_t           h ∈ R^{I×N}
+    y_t = h_t C_t + D ⊙ x_t
+    out = out_proj(y ⊙ SiLU(z))
+
+``inner_norms`` adds Jamba's RMSNorms on δ, B and C (Jamba-1.5 trains more stably with them).
+
+The recurrence is linear in h, so it has two implementations here that compute the same thing:
+``selective_scan_reference`` steps through time one token at a time (the definition; the tests' oracle)
+and ``selective_scan_chunked`` (the training path) handles a chunk of L tokens at once: with
+Λ_t = Σ_{τ≤t} Δ_τ A the decay accumulated since the chunk began,
+
+    h_t = exp(Λ_t) ⊙ (h_0 + Σ_{s≤t} exp(−Λ_s) ⊙ (Δ_s x_s) ⊗ B_s),
+
+a cumulative sum instead of a loop, and a loop over S/L chunks only. exp(−Λ_s) grows as the decay
+accumulates, so the chunk is computed in float64 (exact while |Λ| < ~700; a chunk that decays further
+falls back to the token loop, which never overflows). Terms that the sum loses to rounding are those
+whose true weight exp(Λ_t − Λ_s) is below float64's resolution relative to the largest one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHUNK = 32            # tokens per step of the chunked scan
+MAX_LOG_DECAY = 600.0  # |Λ| beyond which exp(−Λ) would leave float64's range: the chunk runs the token loop
+
+
+def selective_scan_reference(x_BSI, dt_BSI, A_IN, B_BSN, C_BSN, h_BIN=None):
+    """y_BSI (without the D skip) and the final state h_BIN, one token at a time."""
+    batch, S, d_inner = x_BSI.shape
+    h_BIN = x_BSI.new_zeros(batch, d_inner, A_IN.shape[1]) if h_BIN is None else h_BIN
+    ys = []
+    for t in range(S):
+        decay_BIN = torch.exp(dt_BSI[:, t, :, None] * A_IN)
+        h_BIN = decay_BIN * h_BIN + (dt_BSI[:, t] * x_BSI[:, t])[:, :, None] * B_BSN[:, t, None, :]
+        ys.append(torch.einsum("bin,bn->bi", h_BIN, C_BSN[:, t]))
+    return torch.stack(ys, dim=1), h_BIN
+
+
+def selective_scan_chunked(x_BSI, dt_BSI, A_IN, B_BSN, C_BSN, h_BIN=None, chunk: int = CHUNK):
+    """The same as :func:`selective_scan_reference`, a chunk of tokens at a time (see the module doc)."""
+    batch, S, d_inner = x_BSI.shape
+    dtype = x_BSI.dtype
+    h_BIN = x_BSI.new_zeros(batch, d_inner, A_IN.shape[1], dtype=torch.float64) if h_BIN is None else h_BIN.double()
+    A_IN64 = A_IN.double()
+    ys = []
+    for start in range(0, S, chunk):
+        part = slice(start, min(start + chunk, S))
+        x, dt, Bm, Cm = (t[:, part].double() for t in (x_BSI, dt_BSI, B_BSN, C_BSN))
+        log_decay_BLIN = torch.cumsum(dt[..., None] * A_IN64, dim=1)  # Λ_t, ≤ 0
+        if float(log_decay_BLIN[:, -1].detach().min()) < -MAX_LOG_DECAY:  # a host sync per chunk
+            y, h_BIN = selective_scan_reference(x, dt, A_IN64, Bm, Cm, h_BIN)
+            ys.append(y)
+            continue
+        inputs_BLIN = (dt * x)[..., None] * Bm[:, :, None, :]
+        summed_BLIN = h_BIN[:, None] + torch.cumsum(torch.exp(-log_decay_BLIN) * inputs_BLIN, dim=1)
+        states_BLIN = torch.exp(log_decay_BLIN) * summed_BLIN
+        ys.append(torch.einsum("blin,bln->bli", states_BLIN, Cm))
+        h_BIN = states_BLIN[:, -1]
+    return torch.cat(ys, dim=1).to(dtype), h_BIN.to(dtype)
+
+
+class MambaMixer(nn.Module):
+    """Mamba-1 token mixer (see the module doc): [B, S, D] → [B, S, D], causal."""
+
+    def __init__(self, *, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", conv_bias: bool = True, proj_bias: bool = False,
+                 inner_norms: bool = False, norm_eps: float = 1e-6, chunk: int = CHUNK):
+        super().__init__()
+        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("chunk", chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.mamba_{name}={value!r} must be an integer >= 1")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"model.mamba_dt_rank={dt_rank!r} must be 'auto' or an integer >= 1")
+        d_inner = expand * d_model
+        self.d_inner, self.d_state, self.dt_rank, self.chunk = d_inner, d_state, dt_rank, chunk
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=proj_bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=proj_bias)
+        self.inner_norms = nn.ModuleDict({name: nn.RMSNorm(size, eps=norm_eps) for name, size in
+                                          (("dt", dt_rank), ("B", d_state), ("C", d_state))}) if inner_norms else None
+        self.reset_dt_bias()
+
+    @torch.no_grad()
+    def reset_dt_bias(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        """Mamba's init: softplus(bias) = Δ log-uniform in [dt_min, dt_max], so every channel starts with its
+        own time scale (the bias is 1-D: the model's weight init leaves it, and A_log, alone)."""
+        dt_I = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_proj.bias.copy_(dt_I + torch.log(-torch.expm1(-dt_I)))  # the inverse of softplus
+
+    def forward(self, u_BSD: torch.Tensor) -> torch.Tensor:
+        S = u_BSD.shape[1]
+        x_BSI, z_BSI = self.in_proj(u_BSD).chunk(2, dim=-1)
+        # the conv pads d_conv − 1 on both sides; keeping the first S outputs makes it causal
+        x_BSI = F.silu(self.conv1d(x_BSI.transpose(1, 2))[..., :S].transpose(1, 2))
+        delta_BSR, B_BSN, C_BSN = self.x_proj(x_BSI).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms is not None:
+            delta_BSR, B_BSN, C_BSN = (self.inner_norms[k](v) for k, v in (("dt", delta_BSR), ("B", B_BSN),
+                                                                           ("C", C_BSN)))
+        dt_BSI = F.softplus(self.dt_proj(delta_BSR))
+        A_IN = -torch.exp(self.A_log.float())
+        y_BSI, _ = selective_scan_chunked(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(), C_BSN.float(),
+                                          chunk=self.chunk)
+        y_BSI = (y_BSI + self.D * x_BSI.float()).to(x_BSI.dtype) * F.silu(z_BSI)
+        return self.out_proj(y_BSI)
