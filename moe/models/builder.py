@@ -26,11 +26,11 @@ from moe.models.decoder import Block, DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mamba import MambaMixer
 from moe.models.mla import MLAttention
-from moe.models.pattern import moe_block_indices
+from moe.models.pattern import mixer_names, moe_block_indices
 from moe.shared_expert import SharedExpert
 
 NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
-POSITIONS = ("rope", "learned")
+POSITIONS = ("rope", "learned", "none")  # none: Jamba's attention, where the Mamba layers carry order
 MLPS = {"swiglu": SwiGLU, "gelu": GELUMLP}
 
 
@@ -50,14 +50,17 @@ def _mla(o: Mapping[str, Any]) -> nn.Module:
 
 
 def _mamba(o: Mapping[str, Any]) -> nn.Module:
-    # Mamba-1 at its paper's defaults (d_state 16, d_conv 4, expand 2, dt_rank ceil(D/16)); RoPE is unused
-    # (the recurrence carries position), as in Jamba's Mamba layers
-    return MambaMixer(d_model=o["d_model"], norm_eps=o["norm_eps"])
+    # RoPE is unused: the recurrence carries position, as in Jamba's Mamba layers
+    return MambaMixer(d_model=o["d_model"], d_state=o["mamba_d_state"], d_conv=o["mamba_d_conv"],
+                      expand=o["mamba_expand"], dt_rank=o["mamba_dt_rank"], conv_bias=o["mamba_conv_bias"],
+                      proj_bias=o["mamba_proj_bias"], inner_norms=o["mamba_inner_norms"], norm_eps=o["norm_eps"])
 
 
-# model.attention -> the token mixer of every block, built from the model options
+# mixer name (model.attention, model.ssm, model.mixer_layers) -> the token mixer, built from the model options
 MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla, "mamba": _mamba}
-# options a mixer cannot take, with the only value it allows
+ATTENTION_MIXERS = ("gqa", "mla")
+# options a mixer cannot take, with the only value it allows (attention options are refused only when no
+# block attends: a hybrid's attention blocks use them)
 MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"},
                 "mamba": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}}
 
@@ -85,6 +88,17 @@ def build_decoder(
     v_head_dim: int | None = None,
     norm: str = "rmsnorm",
     position: str = "rope",
+    ssm: str = "mamba",
+    attention_every: int = 1,
+    attention_offset: int = 0,
+    mixer_layers: Sequence[str] | None = None,
+    mamba_d_state: int = 16,
+    mamba_d_conv: int = 4,
+    mamba_expand: int = 2,
+    mamba_dt_rank: int | str = "auto",
+    mamba_conv_bias: bool = True,
+    mamba_proj_bias: bool = False,
+    mamba_inner_norms: bool = False,
     mlp: str = "swiglu",
     tie_embeddings: bool = True,
     init_std: float = 0.02,
@@ -135,28 +149,39 @@ def check_model_options(o: Mapping[str, Any]) -> None:
     if o["num_shared_experts"] < 0:
         raise ValueError(f"model.num_shared_experts={o['num_shared_experts']} must be >= 0")
     for name, allowed in (("norm", tuple(NORMS)), ("position", POSITIONS), ("mlp", tuple(MLPS)),
-                          ("attention", tuple(MIXERS))):
+                          ("attention", tuple(MIXERS)), ("ssm", tuple(MIXERS))):
         if o[name] not in allowed:
             raise ValueError(f"model.{name}={o[name]!r} is not one of {allowed}")
-    for name, fine in MIXER_LIMITS.get(o["attention"], {}).items():
-        if o[name] != fine:
-            raise ValueError(f"model.{name}={o[name]!r} is not supported with model.attention={o['attention']} "
-                             f"(allowed: {fine!r})")
+    used = set(block_mixers(o))
+    if unknown := sorted(used - set(MIXERS)):
+        raise ValueError(f"model.mixer_layers names {unknown}, not among {tuple(MIXERS)}")
+    attends = bool(used & set(ATTENTION_MIXERS))
+    for kind in sorted(used):
+        for name, fine in MIXER_LIMITS.get(kind, {}).items():
+            if o[name] != fine and (kind in ATTENTION_MIXERS or not attends):
+                raise ValueError(f"model.{name}={o[name]!r} is not supported with a {kind} mixer (allowed: {fine!r})")
     if o["num_experts"] > 0 and o["num_shared_experts"] > 0 and o["mlp"] != "swiglu":
         raise ValueError(f"model.num_shared_experts={o['num_shared_experts']} with model.mlp={o['mlp']!r}: shared "
                          f"experts are SwiGLU; set model.num_shared_experts=0 (routed experts follow model.mlp)")
 
 
+def block_mixers(o: Mapping[str, Any]) -> list[str]:
+    """The mixer name of every block (moe/models/pattern.py): ``attention`` where the attention pattern
+    says, ``ssm`` elsewhere, or the explicit ``mixer_layers``."""
+    return mixer_names(n_layers=o["n_layers"], attention=o["attention"], ssm=o["ssm"], every=o["attention_every"],
+                       offset=o["attention_offset"], layers=o["mixer_layers"])
+
+
 def layer_plan(o: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(mixer, ffn) of every block: the mixer from ``model.attention``, the FFN ``moe`` at the indices of
-    the layer pattern and ``dense`` elsewhere."""
+    """(mixer, ffn) of every block: the mixer from the mixer pattern, the FFN ``moe`` at the indices of
+    the MoE layer pattern and ``dense`` elsewhere."""
     moe_indices = []
     if o["num_experts"] > 0:
         moe_indices = moe_block_indices(n_layers=o["n_layers"], every=o["moe_every"],
                                         first_dense=o["moe_first_dense"], layers=o["moe_layers"])
     if moe_indices and (o["router"] is None or o["experts"] is None):
         raise ValueError("an MoE model (num_experts > 0) needs a router and an experts factory")
-    return [(o["attention"], "moe" if i in moe_indices else "dense") for i in range(o["n_layers"])]
+    return [(mixer, "moe" if i in moe_indices else "dense") for i, mixer in enumerate(block_mixers(o))]
 
 
 def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:

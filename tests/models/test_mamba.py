@@ -34,8 +34,17 @@ def test_chunked_scan_equals_the_recurrence_with_its_gradients(chunk):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
 
 
-def test_a_chunk_that_decays_past_float64_takes_the_token_loop():
-    """Δ·A of ~−100 per token: 32 tokens decay by e^-3200, beyond exp's range; the result stays exact."""
+def test_float32_chunks_match_the_float64_recurrence():
+    x, dt, A, Bm, Cm = scan_inputs(S=70)
+    y, h = selective_scan_chunked(x.float(), dt.float(), A.float(), Bm.float(), Cm.float())
+    y_ref, h_ref = selective_scan_reference(x, dt, A, Bm, Cm)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_chunk_that_decays_past_the_range_of_exp_takes_the_token_loop():
+    """Δ·A of ~−100 per token: a chunk decays by e^-800 or more, beyond exp's range; the result stays exact."""
     x, dt, A, Bm, Cm = scan_inputs(dt_scale=100.0)
     y, h = selective_scan_chunked(x.float(), dt.float(), A.float(), Bm.float(), Cm.float())
     y_ref, h_ref = selective_scan_reference(x, dt, A, Bm, Cm)

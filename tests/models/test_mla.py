@@ -76,7 +76,7 @@ def test_decoder_mla_names_and_residual_init():
         ({"attention": "mla", "kv_lora_rank": None}, "model.kv_lora_rank=None must be an integer >= 1"),
         ({"attention": "mla", "qk_rope_head_dim": 3}, "model.qk_rope_head_dim=3 must be even"),
         ({"attention": "mla", "q_lora_rank": 0}, "model.q_lora_rank=0 must be >= 1"),
-        ({"attention": "mla", "qk_norm": True}, "model.qk_norm=True is not supported with model.attention=mla"),
+        ({"attention": "mla", "qk_norm": True}, "model.qk_norm=True is not supported with a mla mixer"),
     ],
 )
 def test_bad_mla_options_fail_at_build_time(overrides, message):
