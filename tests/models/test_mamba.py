@@ -95,3 +95,28 @@ def test_a_mamba_moe_decoder_trains_and_reloads(smoke, tmp_path):
 
     with pytest.raises(ValueError, match="attention MambaMixer has no Hugging Face equivalent"):
         save_hf(tmp_path / "run", tmp_path / "hf")
+
+
+def test_the_mixer_computes_transformers_jamba_mamba_mixer():
+    """Parity with HF's JambaMambaMixer (its PyTorch path) on random weights, Jamba's inner norms included:
+    the same parameter names but for the norms (dt_layernorm → inner_norms.dt, ...)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.JambaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, num_experts=1, attn_layer_period=2,
+                                   attn_layer_offset=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2,
+                                   mamba_dt_rank=4, rms_norm_eps=1e-6)
+    torch.manual_seed(0)
+    theirs = transformers.JambaForCausalLM(cfg).model.layers[0].mamba.eval()
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if name != "A_log":
+                param.copy_((1.0 if "layernorm" in name else 0.0) + 0.3 * torch.randn_like(param))
+    ours = MambaMixer(d_model=32, d_state=8, d_conv=4, expand=2, dt_rank=4, inner_norms=True, norm_eps=1e-6)
+    names = {"dt_layernorm": "inner_norms.dt", "b_layernorm": "inner_norms.B", "c_layernorm": "inner_norms.C"}
+    ours.load_state_dict({next((k.replace(a, b) for a, b in names.items() if a in k), k): v
+                          for k, v in theirs.state_dict().items()})
+    u = torch.randn(2, 37, 32)
+    with torch.no_grad():
+        expected = theirs(u)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(ours(u), expected, rtol=1e-4, atol=1e-5)
