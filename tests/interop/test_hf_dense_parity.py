@@ -86,7 +86,7 @@ def test_config_mapping():
     assert model_config_from_hf({**TINY, "model_type": "llama"}, max_seq_len=64)["max_seq_len"] == 64
 
 
-@pytest.mark.parametrize("model_type", ["jamba", "bert", None])
+@pytest.mark.parametrize("model_type", ["rwkv", "bert", None])
 def test_unsupported_model_type(tmp_path, model_type):
     (tmp_path / "config.json").write_text(json.dumps({**TINY, "model_type": model_type}))
     with pytest.raises(ValueError, match=rf"model_type={model_type!r}.*{', '.join(SUPPORTED)}"):

@@ -143,7 +143,7 @@ def swiglu_rules(ours: str, hf: str) -> list[TensorRule]:
     return [same(f"{ours}.{proj}.weight", f"{hf}.{proj}_proj.weight") for proj in ("gate", "up", "down")]
 
 
-def _attention_rules(attn: Attention, ours: str, hf: str, *, zero_qkv_bias: bool) -> list[TensorRule]:
+def attention_rules(attn: Attention, ours: str, hf: str, *, zero_qkv_bias: bool) -> list[TensorRule]:
     rules = [same(f"{ours}.q_proj.weight", f"{hf}.q_proj.weight"),
              concatenated(f"{ours}.kv_proj.weight", (f"{hf}.k_proj.weight", f"{hf}.v_proj.weight")),
              same(f"{ours}.o_proj.weight", f"{hf}.o_proj.weight")]
@@ -171,7 +171,7 @@ def backbone_rules(model: nn.Module, model_type: str) -> list[TensorRule]:
         rules += [same(f"{ours}.mixer_norm.weight", f"{hf}.input_layernorm.weight"),
                   same(f"{ours}.ffn_norm.weight", f"{hf}.post_attention_layernorm.weight")]
         if isinstance(block.mixer, Attention):
-            rules += _attention_rules(block.mixer, f"{ours}.mixer", f"{hf}.self_attn",
+            rules += attention_rules(block.mixer, f"{ours}.mixer", f"{hf}.self_attn",
                                       zero_qkv_bias=model_type in ("qwen2", "qwen2_moe"))
         if not isinstance(block.ffn, MoELayer):
             rules += swiglu_rules(f"{ours}.ffn", f"{hf}.mlp")
