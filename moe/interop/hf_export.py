@@ -26,6 +26,7 @@ Which ``model_type`` (``arch``): when not forced, the first that holds the model
       q/k/v biases, one shared expert)
     model.attention=mla and/or SigmoidRouter               deepseek_v3     deepseek_v3.py (the only
                                                                            candidate for such a model)
+    Mamba blocks + GQA attention blocks (position: none)   jamba           jamba.py
 
 Common to every target: ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
 ``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32; no tokenizer ids (moe-lab
@@ -71,6 +72,8 @@ def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
         return arch
     if f.attention == "mla" or f.router == "sigmoid":
         candidates: tuple[str, ...] = ("deepseek_v3",)  # no other HF model has MLA or sigmoid routing
+    elif f.hybrid:
+        candidates = ("jamba",)  # the one Mamba-1 hybrid of HF
     else:
         candidates = MOE_TARGETS if f.moe_layers else DENSE_TARGETS
     reasons = {}
@@ -122,7 +125,7 @@ def export_hf(model: nn.Module, *, rope_theta: float | None, arch: str | None = 
     RoPE models. Raises ValueError when no (or not the forced) HF architecture holds the model exactly."""
     facts = model_facts(model)
     arch = choose_arch(facts, arch)
-    if arch != "gpt2":
+    if arch not in ("gpt2", "jamba"):  # learned positions, or none
         if rope_theta is None:
             raise ValueError("a RoPE model needs rope_theta: pass config= (the run config the model was built from)")
         check_rope_theta(model, rope_theta)

@@ -17,6 +17,7 @@ from moe.layer import MoELayer
 from moe.models.attention import Attention
 from moe.models.decoder import DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
+from moe.models.mamba import MambaMixer
 from moe.models.mla import MLAttention
 from moe.routers.sigmoid import SigmoidRouter
 from moe.routers.top_k import TopKRouter
@@ -63,6 +64,8 @@ class ModelFacts:
     routed_scaling_factor: float = 1.0
     attention: str = "gqa"     # gqa | mla
     mla: dict[str, Any] = field(default_factory=dict)  # q_lora_rank, kv_lora_rank, qk_{nope,rope}_head_dim, v_head_dim
+    # Mamba hybrids: attention_layers (block indices) and the Mamba mixers' options (MambaMixer's names)
+    hybrid: dict[str, Any] = field(default_factory=dict)
 
 
 def _single(values: set, what: str) -> Any:
@@ -95,6 +98,8 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if not isinstance(model, DecoderLM):
         raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
     blocks = list(model.blocks)
+    if any(isinstance(b.mixer, MambaMixer) for b in blocks):
+        return _finish_facts(model, _hybrid_facts(model))
     kinds = _single({type(b.mixer) for b in blocks}, "the attention type")
     if kinds not in (Attention, MLAttention):
         raise ValueError(f"attention {kinds.__name__} has no Hugging Face equivalent")
@@ -109,8 +114,9 @@ def _latent_norms(model: DecoderLM) -> list[nn.Module]:
             for m in (b.mixer.q_a_norm, b.mixer.kv_a_norm) if m is not None]
 
 
-def _gqa_facts(model: DecoderLM) -> ModelFacts:
-    blocks = list(model.blocks)
+def _gqa_facts(model: DecoderLM, blocks: list[nn.Module] | None = None) -> ModelFacts:
+    """The attention half, from ``blocks`` (default: all; a hybrid passes its attention blocks)."""
+    blocks = list(model.blocks) if blocks is None else blocks
     attn = blocks[0].mixer
     norms = [m for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))]
     norm_kinds = {type(m).__name__ for b in blocks for m in (b.mixer_norm, b.ffn_norm)} | {
@@ -127,7 +133,30 @@ def _gqa_facts(model: DecoderLM) -> ModelFacts:
         out_bias=_single({b.mixer.o_proj.bias is not None for b in blocks}, "attention_out_bias"),
         tied=model.lm_head.weight is model.embed.weight, d_ff=None)
     if facts.position == "rope" and not _single({b.mixer.rope for b in blocks}, "rope"):
-        raise ValueError("a model without RoPE and without learned positions has no HF equivalent")
+        facts.position = "none"  # only Jamba's attention has neither (the adapters refuse it otherwise)
+    return facts
+
+
+MAMBA_OPTIONS = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "proj_bias", "inner_norms")
+
+
+def _mamba_options(mixer: MambaMixer) -> tuple:
+    return (mixer.d_state, mixer.conv1d.kernel_size[0], mixer.d_inner // mixer.in_proj.in_features, mixer.dt_rank,
+            mixer.conv1d.bias is not None, mixer.in_proj.bias is not None, mixer.inner_norms is not None)
+
+
+def _hybrid_facts(model: DecoderLM) -> ModelFacts:
+    """A Mamba hybrid: GQA attention blocks (at least one) and Mamba-1 blocks of one configuration."""
+    blocks = list(model.blocks)
+    attention = [i for i, b in enumerate(blocks) if not isinstance(b.mixer, MambaMixer)]
+    if not attention or not all(isinstance(blocks[i].mixer, Attention) for i in attention):
+        raise ValueError("a Mamba model exports only as Jamba: its other blocks must be GQA attention (at least "
+                         "one; model.attention_every / attention_offset)")
+    facts = _gqa_facts(model, [blocks[i] for i in attention])
+    facts.n_layers = len(blocks)  # _gqa_facts counted the attention blocks
+    options = _single({_mamba_options(b.mixer) for b in blocks if isinstance(b.mixer, MambaMixer)},
+                      "the Mamba mixers' options")
+    facts.hybrid = {"attention_layers": attention, **dict(zip(MAMBA_OPTIONS, options, strict=True))}
     return facts
 
 

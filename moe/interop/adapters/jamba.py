@@ -1,5 +1,5 @@
-"""Jamba (HF ``model_type: jamba``; Lieber et al. 2403.19887), import only: Mamba-1 and attention blocks
-interleaved, MoE in every ``expert_layer_period``-th block.
+"""Jamba (HF ``model_type: jamba``; Lieber et al. 2403.19887), in both directions: Mamba-1 and attention
+blocks interleaved, MoE in every ``expert_layer_period``-th block.
 
 config.json → our nodes:
 - block i attends iff ``i % attn_layer_period == attn_layer_offset`` (``attention_every`` /
@@ -16,7 +16,11 @@ On disk: ``model.layers.{i}.mamba.*`` has our Mamba mixer's names except the nor
 ``inner_norms.C``); ``self_attn.{q,k,v,o}_proj``; ``feed_forward.{gate,up,down}_proj`` (dense) or
 ``feed_forward.router`` and ``feed_forward.experts.{e}.{gate,up,down}_proj`` (MoE); the block norms are
 ``input_layernorm`` and ``pre_ff_layernorm``, the final one ``model.final_layernorm``.
-Export to Jamba is not written yet (issue 14 item 5's other half).
+
+Export: a Mamba hybrid whose attention blocks (at least one) and MoE blocks each follow one period and
+offset, GQA attention without positions, biases or qk_norm, Mamba mixers of one configuration with the
+inner norms, a ``TopKRouter`` in ``softmax_then_topk`` order, no shared expert, and experts as wide as
+the dense FFNs (Jamba has one ``intermediate_size``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from torch import nn
 from moe.interop.adapters.llama import FLAVOURS, attention_rules, backbone_model_config, swiglu_rules
 from moe.interop.adapters.mixtral import GROUPED_EXPERTS, routed_expert_rules, switch_aux_balance
 from moe.interop.adapters.rules import TensorRule, same
+from moe.interop.hf_model_facts import ModelFacts
 from moe.layer import MoELayer
 from moe.models.attention import Attention
 
 MODEL_TYPES = ("jamba",)
-EXPORT_CLASSES: dict[str, str] = {}
+EXPORT_CLASSES = {"jamba": "JambaForCausalLM"}
 MAMBA_TENSORS = ("A_log", "D", "conv1d.weight", "in_proj.weight", "x_proj.weight", "dt_proj.weight",
                  "dt_proj.bias", "out_proj.weight")
 INNER_NORMS = {"dt": "dt_layernorm", "B": "b_layernorm", "C": "c_layernorm"}
@@ -93,3 +98,55 @@ def tensor_rules(model: nn.Module, model_type: str, config_json: Mapping[str, An
         else:
             rules += swiglu_rules(f"{ours}.ffn", f"{hf}.feed_forward")
     return rules
+
+
+def period_and_offset(indices: list[int], n_layers: int) -> tuple[int, int] | None:
+    """(period, offset) with ``[i for i in range(n_layers) if i % period == offset] == indices``, the
+    smallest period; an empty list is a period no block reaches; None when no pair gives the list."""
+    if not indices:
+        return n_layers + 1, n_layers
+    for period in range(1, n_layers + 1):
+        offset = indices[0] % period
+        if [i for i in range(n_layers) if i % period == offset] == indices:
+            return period, offset
+    return None
+
+
+def export_problems(arch: str, f: ModelFacts) -> list[str]:
+    if not f.hybrid:
+        return ["no Mamba block (jamba interleaves Mamba and attention)"]
+    problems = []
+    if period_and_offset(f.hybrid["attention_layers"], f.n_layers) is None:
+        problems.append(f"attention blocks {f.hybrid['attention_layers']} follow no period/offset")
+    if period_and_offset(f.moe_layers, f.n_layers) is None:
+        problems.append(f"MoE blocks {f.moe_layers} follow no period/offset")
+    for name, value, want in (("position", f.position, "none"), ("norm", f.norm, "rmsnorm"), ("mlp", f.mlp, "swiglu"),
+                              ("mamba_inner_norms", f.hybrid["inner_norms"], True)):
+        if value != want:
+            problems.append(f"model.{name}={value!r} (jamba has {want!r})")
+    if f.qk_norm or f.qkv_bias or f.out_bias:
+        problems.append("qk_norm or attention biases (jamba has none)")
+    if f.moe_layers:
+        if f.order != "softmax_then_topk":
+            problems.append(f"router.order={f.order} (jamba does not renormalise the top-k weights)")
+        if f.shared_d_ff:
+            problems.append("a shared expert (jamba has none)")
+        if f.d_ff is not None and f.d_ff != f.expert_d_ff:
+            problems.append(f"expert_d_ff={f.expert_d_ff} != d_ff={f.d_ff} (jamba has one intermediate_size)")
+    return problems
+
+
+def hf_config(arch: str, f: ModelFacts, rope_theta: float | None) -> dict[str, Any]:
+    attn_period, attn_offset = period_and_offset(f.hybrid["attention_layers"], f.n_layers)
+    expert_period, expert_offset = period_and_offset(f.moe_layers, f.n_layers)
+    h = f.hybrid
+    return {"hidden_size": f.d_model, "intermediate_size": f.d_ff or f.expert_d_ff, "num_hidden_layers": f.n_layers,
+            "num_attention_heads": f.n_heads, "num_key_value_heads": f.n_kv_heads, "hidden_act": "silu",
+            "max_position_embeddings": f.max_seq_len, "rms_norm_eps": f.norm_eps, "attention_dropout": 0.0,
+            "attn_layer_period": attn_period, "attn_layer_offset": attn_offset,
+            "expert_layer_period": expert_period, "expert_layer_offset": expert_offset,
+            "num_experts": f.num_experts if f.moe_layers else 1, "num_experts_per_tok": f.top_k or 1,
+            "router_aux_loss_coef": f.aux_coeff / f.top_k if f.top_k else 0.0, "output_router_logits": False,
+            "mamba_d_state": h["d_state"], "mamba_d_conv": h["d_conv"], "mamba_expand": h["expand"],
+            "mamba_dt_rank": h["dt_rank"], "mamba_conv_bias": h["conv_bias"], "mamba_proj_bias": h["proj_bias"]}
+

@@ -190,6 +190,8 @@ def backbone_problems(arch: str, f: ModelFacts) -> list[str]:
     problems = []
     if f.attention == "mla":
         problems.append("model.attention=mla (multi-head latent attention: only deepseek_v3 has it)")
+    if f.hybrid:
+        problems.append("Mamba blocks (only jamba has them)")
     if f.router == "sigmoid":
         problems.append(f"router SigmoidRouter ({arch} routes by softmax top-k; sigmoid routing is deepseek_v3's)")
     for name, value, want in (("norm", f.norm, "rmsnorm"), ("position", f.position, "rope"), ("mlp", f.mlp, "swiglu")):
