@@ -40,6 +40,7 @@ ALTERNATIVES = {
     "mode": "balanced", "norm": "layernorm", "position": "learned", "mlp": "gelu", "update_rate": 0.01,
     "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "q_lora_rank": 8, "moe_layers": [0],
     "n_kv_heads": 2, "expert_d_ff": 8, "shared_expert_d_ff": 8, "kv_lora_rank": 8,
+    "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3,
 }
 
 # knob -> the overrides under which it acts (and is then checked)
@@ -59,6 +60,9 @@ CONDITIONAL = {
     "balance.aux_free.target": ["router=relu"],  # top-k loads always average k·T/E, ReLU loads do not
     "router.num_iters": ["router.init_std=1.0"],  # near-uniform initial scores are balanced after one pass
     "router.tol": ["router.init_std=1.0"],
+    "model.ssm": ["model.attention_every=2"],  # the mixer of the blocks that do not attend
+    **{f"model.mamba_{name}": ["model.attention=mamba"]
+       for name in ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "proj_bias", "inner_norms")},
 }
 
 # knobs that choose how, not what: every experts backend computes the same outputs (tests/experts/)
