@@ -63,6 +63,8 @@ CONDITIONAL = {
     "model.ssm": ["model.attention_every=2"],  # the mixer of the blocks that do not attend
     **{f"model.mamba_{name}": ["model.attention=mamba"]
        for name in ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "proj_bias", "inner_norms")},
+    "model.mamba_head_dim": ["model.attention=mamba2"],
+    "model.mamba_n_groups": ["model.attention=mamba2", "model.mamba_head_dim=16"],
 }
 
 # knobs that choose how, not what: every experts backend computes the same outputs (tests/experts/)

@@ -4,8 +4,8 @@ config; its keyword arguments are the ``model`` node's keys, plus the ``router``
 ``balancers`` factories that :func:`moe.models.build.build_model` instantiates from the run config.
 
 Every block is (token mixer, FFN). The layer plan names both per block: the mixer from
-``model.attention`` (``gqa``, ``mla`` or ``mamba``: Mamba-1 before every FFN or MoE, as BlackMamba pairs
-them; a new mixer is one entry in ``MIXERS``), the FFN from the layer pattern (moe/models/pattern.py):
+``model.attention`` (``gqa``, ``mla``, ``mamba`` or ``mamba2``: Mamba before every FFN or MoE, as BlackMamba
+pairs them; a new mixer is one entry in ``MIXERS``), the FFN from the layer pattern (moe/models/pattern.py):
 ``moe`` for the MoE blocks, ``dense`` for the others (``none``, an attention-only block, is supported
 by :class:`Block` for hybrid patterns).
 
@@ -25,6 +25,7 @@ from moe.models.attention import Attention
 from moe.models.decoder import Block, DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mamba import MambaMixer
+from moe.models.mamba2 import Mamba2Mixer
 from moe.models.mla import MLAttention
 from moe.models.pattern import mixer_names, moe_block_indices
 from moe.shared_expert import SharedExpert
@@ -56,13 +57,21 @@ def _mamba(o: Mapping[str, Any]) -> nn.Module:
                       proj_bias=o["mamba_proj_bias"], inner_norms=o["mamba_inner_norms"], norm_eps=o["norm_eps"])
 
 
+def _mamba2(o: Mapping[str, Any]) -> nn.Module:
+    return Mamba2Mixer(d_model=o["d_model"], d_state=o["mamba_d_state"], d_conv=o["mamba_d_conv"],
+                       expand=o["mamba_expand"], head_dim=o["mamba_head_dim"], n_groups=o["mamba_n_groups"],
+                       conv_bias=o["mamba_conv_bias"], proj_bias=o["mamba_proj_bias"], norm_eps=o["norm_eps"])
+
+
 # mixer name (model.attention, model.ssm, model.mixer_layers) -> the token mixer, built from the model options
-MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla, "mamba": _mamba}
+MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla, "mamba": _mamba,
+                                                               "mamba2": _mamba2}
 ATTENTION_MIXERS = ("gqa", "mla")
 # options a mixer cannot take, with the only value it allows (attention options are refused only when no
 # block attends: a hybrid's attention blocks use them)
 MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"},
-                "mamba": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}}
+                "mamba": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False},
+                "mamba2": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}}
 
 
 def build_decoder(
@@ -99,6 +108,8 @@ def build_decoder(
     mamba_conv_bias: bool = True,
     mamba_proj_bias: bool = False,
     mamba_inner_norms: bool = False,
+    mamba_head_dim: int = 64,
+    mamba_n_groups: int = 1,
     mlp: str = "swiglu",
     tie_embeddings: bool = True,
     init_std: float = 0.02,
