@@ -69,9 +69,9 @@ MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla
 ATTENTION_MIXERS = ("gqa", "mla")
 # options a mixer cannot take, with the only value it allows (attention options are refused only when no
 # block attends: a hybrid's attention blocks use them)
-MIXER_LIMITS = {"mla": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "position": "rope"},
-                "mamba": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False},
-                "mamba2": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}}
+_NO_ATTENTION_OPTIONS = {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}
+MIXER_LIMITS = {"mla": {**_NO_ATTENTION_OPTIONS, "position": "rope"},
+                "mamba": _NO_ATTENTION_OPTIONS, "mamba2": _NO_ATTENTION_OPTIONS}
 
 
 def build_decoder(
