@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from scan_parity import assert_scan_matches_reference
+
 from moe.models.mamba import MambaMixer, selective_scan_chunked, selective_scan_reference
 
 
@@ -23,15 +25,7 @@ def scan_inputs(B=2, S=45, d_inner=6, N=4, dt_scale=1.0, seed=0):
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 64])
 def test_chunked_scan_equals_the_recurrence_with_its_gradients(chunk):
-    inputs = [t.requires_grad_() for t in scan_inputs()]
-    y_ref, h_ref = selective_scan_reference(*inputs)
-    grads_ref = torch.autograd.grad((y_ref * torch.cos(y_ref)).sum() + h_ref.sum(), inputs)
-    y, h = selective_scan_chunked(*inputs, chunk=chunk)
-    grads = torch.autograd.grad((y * torch.cos(y)).sum() + h.sum(), inputs)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
+    assert_scan_matches_reference(selective_scan_chunked, selective_scan_reference, scan_inputs(), chunk)
 
 
 def test_float32_chunks_match_the_float64_recurrence():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scan_parity import assert_scan_matches_reference
+
 from moe.models.mamba2 import Mamba2Mixer, ssd_scan_chunked, ssd_scan_reference
 
 
@@ -20,15 +22,7 @@ def ssd_inputs(B=2, S=45, H=4, P=3, G=2, N=5, seed=0):
 
 @pytest.mark.parametrize("chunk", [1, 8, 64])
 def test_the_dual_form_equals_the_recurrence_with_its_gradients(chunk):
-    inputs = [t.requires_grad_() for t in ssd_inputs()]
-    y_ref, h_ref = ssd_scan_reference(*inputs)
-    grads_ref = torch.autograd.grad((y_ref * torch.cos(y_ref)).sum() + h_ref.sum(), inputs)
-    y, h = ssd_scan_chunked(*inputs, chunk=chunk)
-    grads = torch.autograd.grad((y * torch.cos(y)).sum() + h.sum(), inputs)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
+    assert_scan_matches_reference(ssd_scan_chunked, ssd_scan_reference, ssd_inputs(), chunk)
 
 
 def test_the_mixer_computes_transformers_mamba2_mixer():
