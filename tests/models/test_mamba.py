@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from scan_parity import assert_scan_matches_reference
 
 from moe.models.mamba import MambaMixer, selective_scan_chunked, selective_scan_reference

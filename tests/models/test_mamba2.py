@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from scan_parity import assert_scan_matches_reference
 
 from moe.models.mamba2 import Mamba2Mixer, ssd_scan_chunked, ssd_scan_reference
