@@ -61,12 +61,17 @@ def selective_scan_chunked(x_BSI, dt_BSI, A_IN, B_BSN, C_BSN, h_BIN=None, chunk:
     dtype, work = x_BSI.dtype, torch.float64 if x_BSI.dtype == torch.float64 else torch.float32
     h_BIN = x_BSI.new_zeros(batch, d_inner, A_IN.shape[1], dtype=work) if h_BIN is None else h_BIN.to(work)
     A_IN = A_IN.to(work)
+    # every chunk's strongest decay Λ_L = min over (b, i) of Σ_t Δ_t,i · min_n A_i,n, all at once: one host
+    # sync per call, not one per chunk
+    starts = list(range(0, S, chunk))
+    dt_sums_BCI = torch.stack([dt_BSI[:, s:s + chunk].detach().to(work).sum(1) for s in starts], dim=1)
+    too_steep = ((dt_sums_BCI * A_IN.detach().min(1).values).amin(dim=(0, 2)) < -MAX_LOG_DECAY[work]).tolist()
     ys = []
-    for start in range(0, S, chunk):
+    for start, steep in zip(starts, too_steep, strict=True):
         part = slice(start, min(start + chunk, S))
         x, dt, Bm, Cm = (t[:, part].to(work) for t in (x_BSI, dt_BSI, B_BSN, C_BSN))
         log_decay_BLIN = torch.cumsum(dt[..., None] * A_IN, dim=1)  # Λ_t, ≤ 0
-        if float(log_decay_BLIN[:, -1].detach().min()) < -MAX_LOG_DECAY[work]:  # a host sync per chunk
+        if steep:
             y, h_BIN = selective_scan_reference(x, dt, A_IN, Bm, Cm, h_BIN)
             ys.append(y)
             continue
