@@ -37,6 +37,7 @@ from model_and_data import eval_data, load
 from moe.analysis import collect_routing, summarise
 from moe.checkpoint import list_checkpoints
 from moe.evaluation import eval_indices
+from moe.types import site_order
 
 SCALARS = {  # report.json key → column title
     "max_vio": "MaxVio", "load_entropy": "load entropy", "dead_experts": "dead", "domain_mi": "I(domain; expert)",
@@ -63,7 +64,7 @@ def _grid(n: int) -> tuple[Figure, list[Axes]]:
 
 
 def plot_load_heatmap(summaries, out: Path) -> None:
-    layers = sorted(summaries)
+    layers = sorted(summaries, key=site_order)
     E = len(summaries[layers[0]].load_share_E)
     relative_LE = torch.stack([summaries[layer].load_share_E * E for layer in layers])
     fig = Figure(figsize=(max(4.0, 0.45 * E + 2), max(2.5, 0.45 * len(layers) + 1.5)))
@@ -78,7 +79,7 @@ def plot_load_heatmap(summaries, out: Path) -> None:
 
 
 def plot_matrices(summaries, attribute: str, title: str, ylabels, out: Path, vmax: float | None = None) -> None:
-    layers = sorted(summaries)
+    layers = sorted(summaries, key=site_order)
     fig, axes = _grid(len(layers))
     for ax, layer in zip(axes, layers):
         matrix = getattr(summaries[layer], attribute).numpy()
@@ -93,7 +94,7 @@ def plot_matrices(summaries, attribute: str, title: str, ylabels, out: Path, vma
 
 
 def to_markdown(path: str, header: dict, summaries, plots: dict[str, str]) -> str:
-    layers = sorted(summaries)
+    layers = sorted(summaries, key=site_order)
     names = [n for n in SCALARS if n in summaries[layers[0]].scalars]
     lines = [f"# Routing report: {path}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()] + [""]
@@ -140,7 +141,7 @@ def routing_report(path: str, out: Path, overrides: list[str] | None = None, *, 
     (out / "report.md").write_text(to_markdown(path, header, summaries, plots))
     report = {"model": str(path), **header, "layers": {
         str(layer): {**s.scalars, "load_share": s.load_share_E.tolist(), "domain_freq": s.domain_freq_DE.tolist(),
-                     "coactivation": s.coactivation_EE.tolist()} for layer, s in sorted(summaries.items())}}
+                     "coactivation": s.coactivation_EE.tolist()} for layer, s in sorted(summaries.items(), key=lambda item: site_order(item[0]))}}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

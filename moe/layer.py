@@ -1,12 +1,14 @@
 """MoELayer = router + routed experts (+ optional shared expert) + balancers (docs/design.md).
 
-    y_t = Σ_{(t, e, w) ∈ routing} w · Expert_e(x_t)  [+ SharedExpert(x_t)]
+    y_t = Σ_{(t, e, w) ∈ routing} w · Expert_e(x_t)  [+ SharedExpert(x_t)]  [+ b]
 
 The layer flattens [B, S, D] to T = B·S tokens, asks the router for a :class:`Routing`, drops the
 assignments beyond each expert's capacity when a capacity factor is set (moe/dropping.py), lets the
 experts dispatch it, and asks each balancer for its (unscaled) loss on the routing as dispatched.
 It returns the output together with a :class:`LayerAux` so the model can add ``coeff × loss`` to the
-objective and log everything per layer without any global state.
+objective and log everything per layer without any global state. ``route`` and ``balance`` are the two
+halves every routed layer shares; the mixture of attention heads (moe/models/moa.py) routes and
+balances through them with attention heads as its experts.
 """
 
 from __future__ import annotations
@@ -78,9 +80,11 @@ class MoELayer(nn.Module):
         capacity_factor: float | None = None,
         eval_capacity_factor: float | None = None,
         drop_policy: str = "probs",
+        output_bias: bool = False,
     ):
         """``capacity_factor`` applies in training, ``eval_capacity_factor`` in eval mode (None: no
-        dropping, e.g. dropless inference after capacity-limited training)."""
+        dropping, e.g. dropless inference after capacity-limited training). ``output_bias`` adds one
+        bias [D] to the layer's output, shared by all experts (JetMoE's MoE and MoA layers)."""
         super().__init__()
         check_capacity_options(capacity_factor, drop_policy)
         check_capacity_options(eval_capacity_factor, drop_policy)
@@ -95,6 +99,7 @@ class MoELayer(nn.Module):
             balancer.attach(router)
         self.shared_expert = shared_expert
         self.layer_index = layer_index
+        self.bias_D = nn.Parameter(torch.zeros(router.d_model)) if output_bias else None
 
     def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
                 defer_sums: bool = False) -> tuple[torch.Tensor, LayerAux]:
@@ -103,19 +108,32 @@ class MoELayer(nn.Module):
         caller to finish with every other layer's in one all-reduce (``finish_summed_losses``)."""
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
+        routing = self.route(x_TD, token_ids_BS)
+        y_TD = self.experts(x_TD, routing)
+        if self.shared_expert is not None:
+            y_TD = y_TD + self.shared_expert(x_TD)
+        return self.add_bias(y_TD).view(B, S, D), self.balance(routing, B, S, defer_sums=defer_sums)
+
+    def route(self, x_TD: torch.Tensor, token_ids_BS: torch.Tensor | None) -> Routing:
+        """The router's Routing of x_TD, less the assignments over capacity when a capacity factor is set."""
         if self.routes_by_token_id:
             if token_ids_BS is None:
                 raise ValueError(f"{type(self.router).__name__} routes by token id: pass token_ids_BS")
-            routing = self.router(x_TD, token_ids_BS.reshape(B * S))
+            routing = self.router(x_TD, token_ids_BS.reshape(-1))
         else:
             routing = self.router(x_TD)
         capacity_factor = self.capacity_factor if self.training else self.eval_capacity_factor
         if capacity_factor is not None:
             routing = drop_over_capacity(routing, capacity_factor=capacity_factor, drop_policy=self.drop_policy)
-        y_TD = self.experts(x_TD, routing)
-        if self.shared_expert is not None:
-            y_TD = y_TD + self.shared_expert(x_TD)
-        ctx = BalanceContext(batch_size=B, seq_len=S, layer_index=self.layer_index)
+        return routing
+
+    def add_bias(self, y_TD: torch.Tensor) -> torch.Tensor:
+        return y_TD if self.bias_D is None else y_TD + self.bias_D.to(y_TD.dtype)
+
+    def balance(self, routing: Routing, batch_size: int, seq_len: int, *, defer_sums: bool = False) -> LayerAux:
+        """Each balancer's unscaled loss on the routing as dispatched (pending ones left for a
+        data-parallel sum when ``defer_sums``)."""
+        ctx = BalanceContext(batch_size=batch_size, seq_len=seq_len, layer_index=self.layer_index)
         aux = LayerAux(routing=routing)
         for name, balancer in self.balancers.items():
             stats = balancer.local_stats(routing, ctx)
@@ -127,7 +145,7 @@ class MoELayer(nn.Module):
                 aux.pending[name] = (balancer, ctx, stats)
         if not defer_sums:
             finish_summed_losses([aux])
-        return y_TD.view(B, S, D), aux
+        return aux
 
     def on_optimizer_step(self) -> None:
         step_balancers([self])

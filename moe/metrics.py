@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from moe.types import Routing
+from moe.types import Routing, site_order
 
 
 def load_stats(tokens_per_expert_E: torch.Tensor) -> dict[str, float]:
@@ -129,7 +129,7 @@ class RoutingAccumulator:
         """From ``sums.read()``: each layer's score statistics averaged over its forwards, and the load
         statistics of its summed loads."""
         layers = {}
-        for layer, forwards in sorted(self.forwards.items()):
+        for layer, forwards in sorted(self.forwards.items(), key=lambda item: site_order(item[0])):
             stats = {key[0]: value / forwards for key, value in values.items()
                      if isinstance(key, tuple) and key[1] == layer and key[0] != "load_E"}
             stats.update(load_stats(torch.tensor(values[("load_E", layer)], dtype=torch.float64)))

@@ -86,6 +86,17 @@ class Routing:
             raise ValueError("Routing.tokens_per_expert_E must equal the bincount of expert_ids_N")
 
 
+def mixer_site(block_index: int) -> str:
+    """The ``ModelOutput.layer_aux`` key (a routed "site") of block i's routed mixer, "i.moa" (block i's MoE FFN is keyed by
+    the int i), so its statistics and losses are logged as layer{i}.moa/... beside layer{i}/..."""
+    return f"{block_index}.moa"
+
+
+def site_order(site: int | str) -> tuple[int, int]:
+    """Sort key of ``layer_aux`` keys: by block, and within a block the mixer before the FFN."""
+    return (site, 1) if isinstance(site, int) else (int(site.split(".")[0]), 0)
+
+
 @dataclass
 class BalanceContext:
     """What a balancer may need beyond the routing: the layout of the T tokens.

@@ -40,7 +40,7 @@ ALTERNATIVES = {
     "mode": "balanced", "norm": "layernorm", "position": "learned", "mlp": "gelu", "update_rate": 0.01,
     "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "q_lora_rank": 8, "moe_layers": [0],
     "n_kv_heads": 2, "expert_d_ff": 8, "shared_expert_d_ff": 8, "kv_lora_rank": 8,
-    "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3,
+    "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3, "moa_num_experts": 3,
 }
 
 # knob -> the overrides under which it acts (and is then checked)
@@ -64,7 +64,9 @@ CONDITIONAL = {
     **{f"model.mamba_{name}": ["model.attention=mamba"]
        for name in ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "proj_bias", "inner_norms")},
     "model.mamba_head_dim": ["model.attention=mamba2"],
+    **{f"model.moa_{name}": ["model.attention=moa"] for name in ("heads", "head_dim")},
     "model.mamba_n_groups": ["model.attention=mamba2", "model.mamba_head_dim=16"],
+    "model.moa_num_experts": ["model.attention=moa"],
 }
 
 # knobs that choose how, not what: every experts backend computes the same outputs (tests/experts/)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from moe.metrics import RoutingAccumulator, load_stats
+from moe.types import site_order
 
 
 @dataclass
@@ -78,7 +79,7 @@ def collect_routing(model: nn.Module, input_ids: torch.Tensor, domain_ids: torch
     token_ids_T, domain_ids_T = torch.cat(tokens), torch.cat(domains)
     traces = {}
     stats = accumulated.per_layer(accumulated.sums.read())
-    for layer, part in sorted(parts.items()):
+    for layer, part in sorted(parts.items(), key=lambda item: site_order(item[0])):
         traces[layer] = RoutingTrace(torch.cat(part["selected"]), torch.cat(part["probs"]),
                                      token_ids_T, domain_ids_T, stats[layer])
     return traces

@@ -4,8 +4,8 @@ config; its keyword arguments are the ``model`` node's keys, plus the ``router``
 ``balancers`` factories that :func:`moe.models.build.build_model` instantiates from the run config.
 
 Every block is (token mixer, FFN). The layer plan names both per block: the mixer from
-``model.attention`` (``gqa``, ``mla``, ``mamba`` or ``mamba2``: Mamba before every FFN or MoE, as BlackMamba
-pairs them; a new mixer is one entry in ``MIXERS``), the FFN from the layer pattern (moe/models/pattern.py):
+``model.attention`` (``gqa``, ``mla``, ``moa``, ``mamba`` or ``mamba2``: Mamba before every FFN or MoE, as
+BlackMamba pairs them; a new mixer is one entry in ``MIXERS``, built with the options and its block index), the FFN from the layer pattern (moe/models/pattern.py):
 ``moe`` for the MoE blocks, ``dense`` for the others (``none``, an attention-only block, is supported
 by :class:`Block` for hybrid patterns).
 
@@ -27,6 +27,7 @@ from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mamba import MambaMixer
 from moe.models.mamba2 import Mamba2Mixer
 from moe.models.mla import MLAttention
+from moe.models.moa import MixtureOfAttentionHeads
 from moe.models.pattern import mixer_names, moe_block_indices
 from moe.shared_expert import SharedExpert
 
@@ -35,14 +36,14 @@ POSITIONS = ("rope", "learned", "none")  # none: Jamba's attention, where the Ma
 MLPS = {"swiglu": SwiGLU, "gelu": GELUMLP}
 
 
-def _gqa(o: Mapping[str, Any]) -> nn.Module:
+def _gqa(o: Mapping[str, Any], index: int) -> nn.Module:
     return Attention(d_model=o["d_model"], n_heads=o["n_heads"], n_kv_heads=o["n_kv_heads"] or o["n_heads"],
                      max_seq_len=o["max_seq_len"], rope_theta=o["rope_theta"], qk_norm=o["qk_norm"],
                      qk_norm_scope=o["qk_norm_scope"], norm_eps=o["norm_eps"], attention_bias=o["attention_bias"],
                      out_bias=o["attention_out_bias"], rope=o["position"] == "rope")
 
 
-def _mla(o: Mapping[str, Any]) -> nn.Module:
+def _mla(o: Mapping[str, Any], index: int) -> nn.Module:
     # n_kv_heads is unused: every head gets its own k, v from the shared latent
     return MLAttention(d_model=o["d_model"], n_heads=o["n_heads"], max_seq_len=o["max_seq_len"],
                        rope_theta=o["rope_theta"], q_lora_rank=o["q_lora_rank"], kv_lora_rank=o["kv_lora_rank"],
@@ -50,27 +51,39 @@ def _mla(o: Mapping[str, Any]) -> nn.Module:
                        v_head_dim=o["v_head_dim"])
 
 
-def _mamba(o: Mapping[str, Any]) -> nn.Module:
+def _mamba(o: Mapping[str, Any], index: int) -> nn.Module:
     # RoPE is unused: the recurrence carries position, as in Jamba's Mamba layers
     return MambaMixer(d_model=o["d_model"], d_state=o["mamba_d_state"], d_conv=o["mamba_d_conv"],
                       expand=o["mamba_expand"], dt_rank=o["mamba_dt_rank"], conv_bias=o["mamba_conv_bias"],
                       proj_bias=o["mamba_proj_bias"], inner_norms=o["mamba_inner_norms"], norm_eps=o["norm_eps"])
 
 
-def _mamba2(o: Mapping[str, Any]) -> nn.Module:
+def _mamba2(o: Mapping[str, Any], index: int) -> nn.Module:
     return Mamba2Mixer(d_model=o["d_model"], d_state=o["mamba_d_state"], d_conv=o["mamba_d_conv"],
                        expand=o["mamba_expand"], head_dim=o["mamba_head_dim"], n_groups=o["mamba_n_groups"],
                        conv_bias=o["mamba_conv_bias"], proj_bias=o["mamba_proj_bias"], norm_eps=o["norm_eps"])
 
 
-# mixer name (model.attention, model.ssm, model.mixer_layers) -> the token mixer, built from the model options
-MIXERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"gqa": _gqa, "mla": _mla, "mamba": _mamba,
-                                                               "mamba2": _mamba2}
-ATTENTION_MIXERS = ("gqa", "mla")
+def _moa(o: Mapping[str, Any], index: int) -> nn.Module:
+    # routed like an MoE FFN: the run's router and balancers, one of each per layer
+    num_experts = o["moa_num_experts"] or o["num_experts"]
+    return MixtureOfAttentionHeads(router=o["router"](d_model=o["d_model"], num_experts=num_experts),
+                                   balancers={name: make() for name, make in (o["balancers"] or {}).items()},
+                                   d_model=o["d_model"], num_experts=num_experts, heads=o["moa_heads"],
+                                   head_dim=o["moa_head_dim"], max_seq_len=o["max_seq_len"],
+                                   rope_theta=o["rope_theta"], rope=o["position"] == "rope",
+                                   output_bias=o["moe_output_bias"], layer_index=index)
+
+
+# mixer name (model.attention, model.ssm, model.mixer_layers) -> the token mixer of block ``index``, built
+# from the model options
+MIXERS: dict[str, Callable[[Mapping[str, Any], int], nn.Module]] = {
+    "gqa": _gqa, "mla": _mla, "mamba": _mamba, "mamba2": _mamba2, "moa": _moa}
+ATTENTION_MIXERS = ("gqa", "mla", "moa")
 # options a mixer cannot take, with the only value it allows (attention options are refused only when no
 # block attends: a hybrid's attention blocks use them)
 _NO_ATTENTION_OPTIONS = {"qk_norm": False, "attention_bias": False, "attention_out_bias": False}
-MIXER_LIMITS = {"mla": {**_NO_ATTENTION_OPTIONS, "position": "rope"},
+MIXER_LIMITS = {"mla": {**_NO_ATTENTION_OPTIONS, "position": "rope"}, "moa": _NO_ATTENTION_OPTIONS,
                 "mamba": _NO_ATTENTION_OPTIONS, "mamba2": _NO_ATTENTION_OPTIONS}
 
 
@@ -110,6 +123,9 @@ def build_decoder(
     mamba_inner_norms: bool = False,
     mamba_head_dim: int = 64,
     mamba_n_groups: int = 1,
+    moa_num_experts: int | None = None,
+    moa_heads: int = 2,
+    moa_head_dim: int = 32,
     mlp: str = "swiglu",
     tie_embeddings: bool = True,
     init_std: float = 0.02,
@@ -121,6 +137,7 @@ def build_decoder(
     capacity_factor: float | None = None,
     eval_capacity_factor: float | None = None,
     drop_policy: str = "probs",
+    moe_output_bias: bool = False,
     moe_every: int = 1,
     moe_first_dense: int = 0,
     moe_layers: Sequence[int] | None = None,
@@ -137,7 +154,7 @@ def build_decoder(
     pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None
     blocks = []
     for i, (mixer, ffn) in enumerate(plan):
-        blocks.append(Block(mixer=MIXERS[mixer](options), ffn=_ffn(ffn, i, options),
+        blocks.append(Block(mixer=MIXERS[mixer](options, i), ffn=_ffn(ffn, i, options),
                             mixer_norm=NORMS[norm](d_model, eps=norm_eps),
                             ffn_norm=None if ffn == "none" else NORMS[norm](d_model, eps=norm_eps)))
     final_norm = NORMS[norm](d_model, eps=norm_eps)
@@ -166,6 +183,15 @@ def check_model_options(o: Mapping[str, Any]) -> None:
     used = set(block_mixers(o))
     if unknown := sorted(used - set(MIXERS)):
         raise ValueError(f"model.mixer_layers names {unknown}, not among {tuple(MIXERS)}")
+    if "moa" in used:
+        if not (o["moa_num_experts"] or o["num_experts"]):
+            raise ValueError("model.attention=moa routes attention heads to experts: set model.moa_num_experts (or "
+                             "model.num_experts, which it defaults to) >= 1")
+        if o["router"] is None:
+            raise ValueError("model.attention=moa needs a router factory (the run's router config)")
+        for name in ("moa_heads", "moa_head_dim"):
+            if o[name] < 1:
+                raise ValueError(f"model.{name}={o[name]} must be >= 1")
     attends = bool(used & set(ATTENTION_MIXERS))
     for kind in sorted(used):
         for name, fine in MIXER_LIMITS.get(kind, {}).items():
@@ -215,4 +241,4 @@ def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:
                           ) if o["num_shared_experts"] else None
     return MoELayer(router=router, experts=experts, balancers=balancers, shared_expert=shared, layer_index=index,
                     capacity_factor=o["capacity_factor"], eval_capacity_factor=o["eval_capacity_factor"],
-                    drop_policy=o["drop_policy"])
+                    drop_policy=o["drop_policy"], output_bias=o["moe_output_bias"])

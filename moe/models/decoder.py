@@ -23,13 +23,15 @@ from torch import nn
 
 from moe.config_upgrade import rename_state_keys
 from moe.layer import LayerAux, MoELayer, finish_summed_losses, step_balancers
+from moe.types import mixer_site
 
 
 @dataclass
 class ModelOutput:
     """logits [B, S, V]; ``loss`` = lm_loss + Σ coeff·aux (None without targets);
-    ``aux_losses`` maps "layer{i}/{name}" to the unscaled loss; ``layer_aux`` maps MoE block index to
-    its :class:`LayerAux` (routing and losses) for statistics."""
+    ``aux_losses`` maps "layer{i}/{name}" to the unscaled loss; ``layer_aux`` maps each routed site to its
+    :class:`LayerAux` (routing and losses) for statistics: the block index i for an MoE FFN,
+    ``mixer_site(i)`` ("i.moa") for a routed mixer."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
@@ -45,7 +47,8 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    """x + mixer(norm(x)), then x + ffn(norm(x)) (no FFN sub-layer when ``ffn`` is None)."""
+    """x + mixer(norm(x)), then x + ffn(norm(x)) (no FFN sub-layer when ``ffn`` is None). A routed mixer
+    (an :class:`MoELayer` such as the mixture of attention heads) reports its routing like an MoE FFN."""
 
     # state-dict names from before the mixer was named for its role → their names now
     LEGACY_KEYS = {"attn_norm.": "mixer_norm.", "attention.": "mixer."}
@@ -58,17 +61,33 @@ class Block(nn.Module):
 
     @property
     def is_moe(self) -> bool:
+        """Whether the FFN is an MoE layer."""
         return isinstance(self.ffn, MoELayer)
 
-    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor) -> tuple[torch.Tensor, LayerAux | None]:
-        x_BSD = x_BSD + self.mixer(self.mixer_norm(x_BSD))
+    @property
+    def routes_mixer(self) -> bool:
+        """Whether the token mixer is routed (an MoELayer: mixture of attention heads)."""
+        return isinstance(self.mixer, MoELayer)
+
+    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor
+                ) -> tuple[torch.Tensor, LayerAux | None, LayerAux | None]:
+        """(x_BSD, the mixer's LayerAux, the FFN's LayerAux); None for a part that does not route. The model
+        finishes every layer's summed losses at once (finish_summed_losses), hence ``defer_sums``."""
+        mixer_aux = ffn_aux = None
+        h_BSD = self.mixer_norm(x_BSD)
+        if self.routes_mixer:
+            y_BSD, mixer_aux = self.mixer(h_BSD, input_ids_BS, defer_sums=True)
+        else:
+            y_BSD = self.mixer(h_BSD)
+        x_BSD = x_BSD + y_BSD
         if self.ffn is None:
-            return x_BSD, None
+            return x_BSD, mixer_aux, None
         h_BSD = self.ffn_norm(x_BSD)
-        if self.is_moe:  # the model finishes every layer's summed losses at once (finish_summed_losses)
-            y_BSD, aux = self.ffn(h_BSD, input_ids_BS, defer_sums=True)
-            return x_BSD + y_BSD, aux
-        return x_BSD + self.ffn(h_BSD), None
+        if self.is_moe:
+            y_BSD, ffn_aux = self.ffn(h_BSD, input_ids_BS, defer_sums=True)
+        else:
+            y_BSD = self.ffn(h_BSD)
+        return x_BSD + y_BSD, mixer_aux, ffn_aux
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         rename_state_keys(state_dict, prefix, self.LEGACY_KEYS)
@@ -95,6 +114,12 @@ class DecoderLM(nn.Module):
         """Indices of the blocks whose FFN is an MoE layer."""
         return [i for i, block in enumerate(self.blocks) if block.is_moe]
 
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        """Every routed layer: MoE FFNs and routed mixers (their balancers step, their experts count as
+        partly active)."""
+        return [part for block in self.blocks for part in (block.mixer, block.ffn) if isinstance(part, MoELayer)]
+
     def reset_parameters(self) -> None:
         """N(0, init_std) everywhere; projections into the residual stream scaled by 1/sqrt(2·L)
         (GPT-2) so the residual variance does not grow with depth (GQA's and MLA's ``o_proj`` alike).
@@ -107,9 +132,6 @@ class DecoderLM(nn.Module):
             is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
                                              "w_proj_EFD", "out_proj.weight"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
-    @property
-    def moe_layers(self) -> list[MoELayer]:
-        return [block.ffn for block in self.blocks if block.is_moe]
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, S] → logits [B, S, V]; with targets [B, S] also the losses
@@ -119,9 +141,11 @@ class DecoderLM(nn.Module):
             x_BSD = x_BSD + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device))
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):
-            x_BSD, aux = block(x_BSD, input_ids)
-            if aux is not None:
-                out.layer_aux[i] = aux
+            x_BSD, mixer_aux, ffn_aux = block(x_BSD, input_ids)
+            if mixer_aux is not None:
+                out.layer_aux[mixer_site(i)] = mixer_aux
+            if ffn_aux is not None:
+                out.layer_aux[i] = ffn_aux
         finish_summed_losses(out.layer_aux.values())  # one all-reduce for all layers' global-batch counts
         for i, aux in out.layer_aux.items():
             for name, loss in aux.losses.items():

@@ -47,5 +47,5 @@ def test_blackmamba_tiny_pairs_every_mamba_mixer_with_an_moe():
 
 def test_an_unknown_mixer_in_the_explicit_list_is_named():
     with pytest.raises(ValueError, match=r"model.mixer_layers names \['rwkv'\], not among \('gqa', 'mla', 'mamba', "
-                                         r"'mamba2'\)"):
+                                         r"'mamba2', 'moa'\)"):
         build_model(compose("model=jamba_tiny", "model.mixer_layers=[mamba,rwkv,gqa,mamba]"))
