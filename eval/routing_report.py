@@ -139,9 +139,12 @@ def routing_report(path: str, out: Path, overrides: list[str] | None = None, *, 
               "I(domain; expert) ceiling H(domain)": round(ceiling, 6),
               "sequences per domain": sequences_per_domain, "saturation against": str(earlier) if earlier else "n/a"}
     (out / "report.md").write_text(to_markdown(path, header, summaries, plots))
-    report = {"model": str(path), **header, "layers": {
-        str(layer): {**s.scalars, "load_share": s.load_share_E.tolist(), "domain_freq": s.domain_freq_DE.tolist(),
-                     "coactivation": s.coactivation_EE.tolist()} for layer, s in sorted(summaries.items(), key=lambda item: site_order(item[0]))}}
+    layers = {}
+    for layer in sorted(summaries, key=site_order):
+        s = summaries[layer]
+        layers[str(layer)] = {**s.scalars, "load_share": s.load_share_E.tolist(),
+                              "domain_freq": s.domain_freq_DE.tolist(), "coactivation": s.coactivation_EE.tolist()}
+    report = {"model": str(path), **header, "layers": layers}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

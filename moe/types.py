@@ -87,8 +87,8 @@ class Routing:
 
 
 def mixer_site(block_index: int) -> str:
-    """The ``ModelOutput.layer_aux`` key (a routed "site") of block i's routed mixer, "i.moa" (block i's MoE FFN is keyed by
-    the int i), so its statistics and losses are logged as layer{i}.moa/... beside layer{i}/..."""
+    """The ``ModelOutput.layer_aux`` key (a routed "site") of block i's routed mixer, "i.moa" (block i's MoE
+    FFN is keyed by the int i), so its statistics and losses are logged as layer{i}.moa/... beside layer{i}/..."""
     return f"{block_index}.moa"
 
 

@@ -41,6 +41,7 @@ ALTERNATIVES = {
     "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "q_lora_rank": 8, "moe_layers": [0],
     "n_kv_heads": 2, "expert_d_ff": 8, "shared_expert_d_ff": 8, "kv_lora_rank": 8,
     "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3, "moa_num_experts": 3,
+    "final_norm_eps": 1e-3,
 }
 
 # knob -> the overrides under which it acts (and is then checked)

@@ -27,6 +27,7 @@ Which ``model_type`` (``arch``): when not forced, the first that holds the model
     model.attention=mla and/or SigmoidRouter               deepseek_v3     deepseek_v3.py (the only
                                                                            candidate for such a model)
     Mamba blocks + GQA attention blocks (position: none)   jamba           jamba.py
+    model.attention=moa, every block MoE                   jetmoe          jetmoe.py
 
 Common to every target: ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
 ``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32; no tokenizer ids (moe-lab
@@ -60,7 +61,16 @@ def arch_problems(arch: str, f: ModelFacts) -> list[str]:
     """Why ``arch`` cannot hold this model exactly (empty: it can)."""
     if arch not in ARCHITECTURES:
         return [f"arch={arch!r} is not one of {', '.join(ARCHITECTURES)}"]
-    return BY_MODEL_TYPE[arch].export_problems(arch, f)
+    problems = []
+    if arch != "jetmoe":  # what only JetMoE has
+        if f.attention == "moa":
+            problems.append("model.attention=moa (mixture of attention heads: only jetmoe has it)")
+        if f.moe_bias:
+            problems.append("model.moe_output_bias (a bias on the MoE output: only jetmoe has it)")
+        if f.final_norm_eps is not None:
+            problems.append(f"model.final_norm_eps={f.final_norm_eps} differs from norm_eps={f.norm_eps} "
+                            f"(only jetmoe's norms differ so)")
+    return problems + BY_MODEL_TYPE[arch].export_problems(arch, f)
 
 
 def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
@@ -74,6 +84,8 @@ def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
         candidates: tuple[str, ...] = ("deepseek_v3",)  # no other HF model has MLA or sigmoid routing
     elif f.hybrid:
         candidates = ("jamba",)  # the one Mamba-1 hybrid of HF
+    elif f.attention == "moa":
+        candidates = ("jetmoe",)  # the one HF model with a mixture of attention heads
     else:
         candidates = MOE_TARGETS if f.moe_layers else DENSE_TARGETS
     reasons = {}

@@ -19,6 +19,7 @@ from moe.models.decoder import DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mamba import MambaMixer
 from moe.models.mla import MLAttention
+from moe.models.moa import MixtureOfAttentionHeads
 from moe.routers.sigmoid import SigmoidRouter
 from moe.routers.top_k import TopKRouter
 from moe.types import TopKGated, supports
@@ -62,10 +63,14 @@ class ModelFacts:
     topk_groups: int = 1
     normalize: bool = True
     routed_scaling_factor: float = 1.0
-    attention: str = "gqa"     # gqa | mla
+    attention: str = "gqa"     # gqa | mla | moa
     mla: dict[str, Any] = field(default_factory=dict)  # q_lora_rank, kv_lora_rank, qk_{nope,rope}_head_dim, v_head_dim
     # Mamba hybrids: attention_layers (block indices) and the Mamba mixers' options (MambaMixer's names)
     hybrid: dict[str, Any] = field(default_factory=dict)
+    # mixture of attention heads: heads, head_dim, num_experts, top_k, order, bias (MoA's output bias)
+    moa: dict[str, Any] = field(default_factory=dict)
+    moe_bias: bool = False     # an output bias on the MoE FFNs (MoELayer.bias_D)
+    final_norm_eps: float | None = None  # the final norm's eps where it differs from norm_eps
 
 
 def _single(values: set, what: str) -> Any:
@@ -101,6 +106,8 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if any(isinstance(b.mixer, MambaMixer) for b in blocks):
         return _finish_facts(model, _hybrid_facts(model))
     kinds = _single({type(b.mixer) for b in blocks}, "the attention type")
+    if kinds is MixtureOfAttentionHeads:
+        return _finish_facts(model, _moa_facts(model))
     if kinds not in (Attention, MLAttention):
         raise ValueError(f"attention {kinds.__name__} has no Hugging Face equivalent")
     if kinds is MLAttention:
@@ -160,6 +167,34 @@ def _hybrid_facts(model: DecoderLM) -> ModelFacts:
     return facts
 
 
+def _moa_facts(model: DecoderLM) -> ModelFacts:
+    """Mixture of attention heads in every block (JetMoE): RMSNorm, RoPE, routed by TopKRouters. The final
+    norm's eps may differ from the blocks' (JetMoE's block norms keep 1e-6)."""
+    blocks = list(model.blocks)
+    mixers = [b.mixer for b in blocks]
+    for i, mixer in enumerate(mixers):
+        _check_router(mixer.router, i)
+    block_norms = [m for b in blocks for m in (b.mixer_norm, b.ffn_norm) if m is not None]
+    norm_kinds = {type(m).__name__ for m in [*block_norms, model.final_norm]}
+    heads = _single({m.heads for m in mixers}, "model.moa_heads")
+    top_k = _single({m.router.top_k for m in mixers}, "the attention router's top_k")
+    norm_eps = float(_single({m.eps for m in block_norms}, "the block norms' eps"))
+    return ModelFacts(
+        vocab_size=model.embed.weight.shape[0], d_model=model.embed.weight.shape[1], n_layers=len(blocks),
+        n_heads=heads * top_k, n_kv_heads=heads, head_dim=_single({m.head_dim for m in mixers}, "model.moa_head_dim"),
+        max_seq_len=model.max_seq_len, norm_eps=norm_eps,
+        norm="layernorm" if _single(norm_kinds, "the norm type") == "LayerNorm" else "rmsnorm",
+        position="learned" if model.pos_embed is not None else
+        ("rope" if _single({m.rope for m in mixers}, "rope") else "none"),
+        mlp="swiglu", qk_norm=None, qkv_bias=False, out_bias=False, tied=model.lm_head.weight is model.embed.weight,
+        d_ff=None, attention="moa",
+        final_norm_eps=None if model.final_norm.eps == norm_eps else float(model.final_norm.eps),
+        moa={"heads": heads, "top_k": top_k,
+             "num_experts": _single({m.experts.num_experts for m in mixers}, "model.moa_num_experts"),
+             "order": _single({m.router.order for m in mixers}, "the attention router's order"),
+             "bias": _single({m.bias_D is not None for m in mixers}, "model.moe_output_bias")})
+
+
 def _mla_model_facts(model: DecoderLM) -> ModelFacts:
     """Multi-head latent attention (only deepseek_v3 has it): no q/k norm, biases or learned positions."""
     blocks = list(model.blocks)
@@ -203,6 +238,7 @@ def _finish_facts(model: DecoderLM, facts: ModelFacts) -> ModelFacts:
     if not moe:
         return facts
     facts.moe_layers = [i for i, _ in moe]
+    facts.moe_bias = _single({layer.bias_D is not None for _, layer in moe}, "model.moe_output_bias")
     for i, layer in moe:
         _check_router(layer.router, i)
         if layer.capacity_factor is not None or layer.eval_capacity_factor is not None:

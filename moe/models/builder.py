@@ -5,9 +5,9 @@ config; its keyword arguments are the ``model`` node's keys, plus the ``router``
 
 Every block is (token mixer, FFN). The layer plan names both per block: the mixer from
 ``model.attention`` (``gqa``, ``mla``, ``moa``, ``mamba`` or ``mamba2``: Mamba before every FFN or MoE, as
-BlackMamba pairs them; a new mixer is one entry in ``MIXERS``, built with the options and its block index), the FFN from the layer pattern (moe/models/pattern.py):
-``moe`` for the MoE blocks, ``dense`` for the others (``none``, an attention-only block, is supported
-by :class:`Block` for hybrid patterns).
+BlackMamba pairs them; a new mixer is one entry in ``MIXERS``, built with the options and its block index),
+the FFN from the layer pattern (moe/models/pattern.py): ``moe`` for the MoE blocks, ``dense`` for the
+others (``none``, an attention-only block, is supported by :class:`Block` for hybrid patterns).
 
 Parts are created in a fixed order (embedding, positions, then each block's mixer and FFN, final norm,
 head) and then initialised by :meth:`DecoderLM.reset_parameters`, so a seed gives the same weights.
@@ -98,6 +98,7 @@ def build_decoder(
     max_seq_len: int,
     rope_theta: float = 10000.0,
     norm_eps: float = 1e-6,
+    final_norm_eps: float | None = None,
     qk_norm: bool = False,
     qk_norm_scope: str = "head",
     attention_bias: bool = False,
@@ -157,7 +158,7 @@ def build_decoder(
         blocks.append(Block(mixer=MIXERS[mixer](options, i), ffn=_ffn(ffn, i, options),
                             mixer_norm=NORMS[norm](d_model, eps=norm_eps),
                             ffn_norm=None if ffn == "none" else NORMS[norm](d_model, eps=norm_eps)))
-    final_norm = NORMS[norm](d_model, eps=norm_eps)
+    final_norm = NORMS[norm](d_model, eps=norm_eps if final_norm_eps is None else final_norm_eps)
     lm_head = nn.Linear(d_model, vocab_size, bias=False)
     if tie_embeddings:
         lm_head.weight = embed.weight

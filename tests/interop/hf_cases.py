@@ -24,6 +24,8 @@ SIGMOID = {"_target_": "moe.routers.SigmoidRouter", "_partial_": True, "top_k": 
 DEEPSEEK = {**MLA, "n_layers": 3, "num_experts": 8, "expert_d_ff": 32, "num_shared_experts": 2,
             "moe_first_dense": 1, "router": SIGMOID}
 
+JETMOE = {**MOE, "attention": "moa", "moa_heads": 2, "moa_head_dim": 8, "moe_output_bias": True, "norm_eps": 1e-6}
+
 
 def run_config(*, order="topk_then_softmax", balance=None, router=None, **model) -> dict:
     config = {"model": {**MODEL, **model}}
@@ -76,4 +78,7 @@ CASES = {  # name: (model/router options, the HF model_type save_hf should pick)
                                        "tie_embeddings": True, "router": {**SIGMOID, "num_groups": 8, "topk_groups": 3,
                                                                           "normalize": False}}, "deepseek_v3"),
     "deepseek_v3_dense_mla": (MLA, "deepseek_v3"),
+    # mixture of attention heads + MoE in every block; JetMoE's block norms keep eps 1e-6, its final one not
+    "jetmoe": ({**JETMOE, "final_norm_eps": 1e-5}, "jetmoe"),
+    "jetmoe_tied_without_biases": ({**JETMOE, "moe_output_bias": False, "tie_embeddings": True}, "jetmoe"),
 }

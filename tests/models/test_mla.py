@@ -72,7 +72,7 @@ def test_decoder_mla_names_and_residual_init():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"attention": "xla"}, "model.attention='xla' is not one of ('gqa', 'mla', 'mamba', 'mamba2')"),
+        ({"attention": "xla"}, "model.attention='xla' is not one of ('gqa', 'mla', 'mamba', 'mamba2', 'moa')"),
         ({"attention": "mla", "kv_lora_rank": None}, "model.kv_lora_rank=None must be an integer >= 1"),
         ({"attention": "mla", "qk_rope_head_dim": 3}, "model.qk_rope_head_dim=3 must be even"),
         ({"attention": "mla", "q_lora_rank": 0}, "model.q_lora_rank=0 must be >= 1"),
