@@ -65,12 +65,17 @@ def _grid(n: int) -> tuple[Figure, list[Axes]]:
 
 def plot_load_heatmap(summaries, out: Path) -> None:
     layers = sorted(summaries, key=site_order)
-    E = len(summaries[layers[0]].load_share_E)
-    relative_LE = torch.stack([summaries[layer].load_share_E * E for layer in layers])
+    E = max(len(summaries[layer].load_share_E) for layer in layers)
+    # one row per routed site, each against its own fair share; a site with fewer experts (MoA's attention
+    # experts beside the FFN's) leaves its extra cells blank (NaN)
+    relative_LE = torch.full((len(layers), E), float("nan"), dtype=torch.float64)
+    for row, layer in enumerate(layers):
+        share_E = summaries[layer].load_share_E
+        relative_LE[row, :len(share_E)] = share_E * len(share_E)
     fig = Figure(figsize=(max(4.0, 0.45 * E + 2), max(2.5, 0.45 * len(layers) + 1.5)))
     ax = fig.subplots()
     # diverging around the fair share: blue under-used, white balanced, red over-used
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, float(relative_LE.max())))
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, float(relative_LE.nan_to_num(0.0).max())))
     image = ax.imshow(relative_LE.numpy(), cmap="coolwarm", norm=norm)
     ax.set(xlabel="expert", ylabel="layer", title="load / fair share", yticks=range(len(layers)), yticklabels=layers)
     fig.colorbar(image, ax=ax)
