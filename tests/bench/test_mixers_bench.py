@@ -1,0 +1,20 @@
+"""bench/mixers.py at a tiny size: one row per mixer and a scan row, in the JSON it writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_mixer_bench_writes_a_row_per_mixer_and_the_scan_comparison(tmp_path):
+    out = tmp_path / "mixers.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "mixers.py"), "--seq", "16", "--d-model", "96",
+                    "--repeats", "1", "--json", str(out)], check=True, capture_output=True, cwd=REPO)
+    rows = json.loads(out.read_text())
+    mixers = [r for r in rows if r["kind"] == "mixer"]
+    assert [r["name"] for r in mixers] == ["gqa", "mla", "moa", "mamba", "mamba2"]
+    assert all(r["ms"] > 0 and r["act_mb"] > 0 for r in mixers) and mixers[0]["vs_gqa"] == 1.0
+    (scan,) = [r for r in rows if r["kind"] == "scan"]
+    assert scan["seq"] == 16 and scan["speedup"] == scan["loop_ms"] / scan["chunked_ms"]
