@@ -107,6 +107,14 @@ def bench_mixers(seq_lens, batch: int, d_model: int, repeats: int, dtype: str) -
     return rows
 
 
+def scan_step(scan, inputs: list[torch.Tensor], grad: torch.Tensor):
+    def step():
+        for t in inputs:
+            t.grad = None
+        scan(*inputs)[0].backward(grad)
+    return step
+
+
 def bench_scan(seq_lens, batch: int, d_model: int, repeats: int) -> list[dict]:
     rows = []
     d_inner, N = 2 * d_model, 16
@@ -119,14 +127,8 @@ def bench_scan(seq_lens, batch: int, d_model: int, repeats: int) -> list[dict]:
                   torch.randn(batch, S, N, generator=g).requires_grad_()]
         grad = torch.randn(batch, S, d_inner)
 
-        def run(scan):
-            def step():
-                for t in inputs:
-                    t.grad = None
-                scan(*inputs)[0].backward(grad)
-            return step
-
-        ms = time_rounds({"chunked": run(selective_scan_chunked), "loop": run(selective_scan_reference)}, repeats)
+        ms = time_rounds({"chunked": scan_step(selective_scan_chunked, inputs, grad),
+                          "loop": scan_step(selective_scan_reference, inputs, grad)}, repeats)
         rows.append({"kind": "scan", "seq": S, "batch": batch, "d_inner": d_inner, "d_state": N,
                      "chunked_ms": ms["chunked"], "loop_ms": ms["loop"], "speedup": ms["loop"] / ms["chunked"]})
     return rows
