@@ -41,7 +41,7 @@ ALTERNATIVES = {
     "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "q_lora_rank": 8, "moe_layers": [0],
     "n_kv_heads": 2, "expert_d_ff": 8, "shared_expert_d_ff": 8, "kv_lora_rank": 8,
     "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3, "moa_num_experts": 3,
-    "final_norm_eps": 1e-3,
+    "final_norm_eps": 1e-3, "shared_attention_every": 2,
 }
 
 # knob -> the overrides under which it acts (and is then checked)
@@ -68,6 +68,8 @@ CONDITIONAL = {
     **{f"model.moa_{name}": ["model.attention=moa"] for name in ("heads", "head_dim")},
     "model.mamba_n_groups": ["model.attention=mamba2", "model.mamba_head_dim=16"],
     "model.moa_num_experts": ["model.attention=moa"],
+    "model.shared_attention_offset": ["model.shared_attention_every=2"],
+    "model.shared_attention_blocks": ["model.shared_attention_every=1"],
 }
 
 # knobs that choose how, not what: every experts backend computes the same outputs (tests/experts/)

@@ -103,6 +103,9 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if not isinstance(model, DecoderLM):
         raise ValueError(f"save_hf exports a moe.models.DecoderLM, got {type(model).__name__}")
     blocks = list(model.blocks)
+    if any(b.mixer_input is not None for b in blocks):
+        raise ValueError("model.shared_attention_every is set: a shared attention block (Zamba) has no Hugging Face "
+                         "export here (Zamba's HF classes are dense and scale attention by (head_dim/2)^-0.5)")
     if any(isinstance(b.mixer, MambaMixer) for b in blocks):
         return _finish_facts(model, _hybrid_facts(model))
     kinds = _single({type(b.mixer) for b in blocks}, "the attention type")

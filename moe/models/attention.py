@@ -45,9 +45,11 @@ class Attention(nn.Module):
         attention_bias: bool = False,
         out_bias: bool = False,
         rope: bool = True,
+        d_out: int | None = None,
     ):
         """``rope=False`` for models with learned absolute positions (GPT-2); ``out_bias`` puts a
-        bias on o_proj too (GPT-2)."""
+        bias on o_proj too (GPT-2); ``d_out`` is o_proj's output width when it is not d_model (Zamba's
+        shared block attends at 2·D and returns D)."""
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}")
@@ -63,7 +65,7 @@ class Attention(nn.Module):
         if attention_bias:
             nn.init.zeros_(self.q_proj.bias)
             nn.init.zeros_(self.kv_proj.bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=out_bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_out or d_model, bias=out_bias)
         if out_bias:
             nn.init.zeros_(self.o_proj.bias)
         self.rope, self.max_seq_len = rope, max_seq_len

@@ -29,6 +29,7 @@ from moe.models.mamba2 import Mamba2Mixer
 from moe.models.mla import MLAttention
 from moe.models.moa import MixtureOfAttentionHeads
 from moe.models.pattern import mixer_names, moe_block_indices
+from moe.models.shared_attention import SharedAttentionBlock, SharedAttentionInput, shared_block_indices
 from moe.shared_expert import SharedExpert
 
 NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
@@ -124,6 +125,9 @@ def build_decoder(
     mamba_inner_norms: bool = False,
     mamba_head_dim: int = 64,
     mamba_n_groups: int = 1,
+    shared_attention_every: int | None = None,
+    shared_attention_offset: int = 0,
+    shared_attention_blocks: int = 1,
     moa_num_experts: int | None = None,
     moa_heads: int = 2,
     moa_head_dim: int = 32,
@@ -153,11 +157,13 @@ def build_decoder(
     plan = layer_plan(options)
     embed = nn.Embedding(vocab_size, d_model)
     pos_embed = nn.Embedding(max_seq_len, d_model) if position == "learned" else None
+    shared_inputs = _shared_attention_inputs(options)
     blocks = []
     for i, (mixer, ffn) in enumerate(plan):
         blocks.append(Block(mixer=MIXERS[mixer](options, i), ffn=_ffn(ffn, i, options),
                             mixer_norm=NORMS[norm](d_model, eps=norm_eps),
-                            ffn_norm=None if ffn == "none" else NORMS[norm](d_model, eps=norm_eps)))
+                            ffn_norm=None if ffn == "none" else NORMS[norm](d_model, eps=norm_eps),
+                            mixer_input=shared_inputs.get(i)))
     final_norm = NORMS[norm](d_model, eps=norm_eps if final_norm_eps is None else final_norm_eps)
     lm_head = nn.Linear(d_model, vocab_size, bias=False)
     if tie_embeddings:
@@ -220,6 +226,25 @@ def layer_plan(o: Mapping[str, Any]) -> list[tuple[str, str]]:
     if moe_indices and (o["router"] is None or o["experts"] is None):
         raise ValueError("an MoE model (num_experts > 0) needs a router and an experts factory")
     return [(mixer, "moe" if i in moe_indices else "dense") for i, mixer in enumerate(block_mixers(o))]
+
+
+def _shared_attention_inputs(o: Mapping[str, Any]) -> dict[int, SharedAttentionInput]:
+    """Block index → its application of a shared attention block (Zamba): ``shared_attention_blocks``
+    shared blocks, used in turn (Zamba2's ABAB...), each application with its own projection."""
+    indices = shared_block_indices(n_layers=o["n_layers"], every=o["shared_attention_every"],
+                                   offset=o["shared_attention_offset"])
+    if not indices:
+        return {}
+    if o["shared_attention_blocks"] < 1:
+        raise ValueError(f"model.shared_attention_blocks={o['shared_attention_blocks']} must be >= 1")
+    if (2 * o["d_model"]) % o["n_heads"]:
+        raise ValueError(f"model.n_heads={o['n_heads']} must divide 2 x model.d_model={2 * o['d_model']} (the "
+                         f"shared attention block attends over [x; embeddings])")
+    shared = [SharedAttentionBlock(d_model=o["d_model"], n_heads=o["n_heads"], n_kv_heads=o["n_kv_heads"] or
+                                   o["n_heads"], d_ff=o["d_ff"], max_seq_len=o["max_seq_len"],
+                                   rope_theta=o["rope_theta"], rope=o["position"] == "rope", norm_eps=o["norm_eps"])
+              for _ in range(o["shared_attention_blocks"])]
+    return {i: SharedAttentionInput(shared[n % len(shared)], o["d_model"]) for n, i in enumerate(indices)}
 
 
 def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:

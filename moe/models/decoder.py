@@ -54,10 +54,13 @@ class Block(nn.Module):
     LEGACY_KEYS = {"attn_norm.": "mixer_norm.", "attention.": "mixer."}
 
     def __init__(self, *, mixer: nn.Module, ffn: nn.Module | None, mixer_norm: nn.Module,
-                 ffn_norm: nn.Module | None):
+                 ffn_norm: nn.Module | None, mixer_input: nn.Module | None = None):
+        """``mixer_input(x, embeds)``, when given, is added to what the mixer reads (not to the residual
+        stream): Zamba's shared attention block (moe/models/shared_attention.py)."""
         super().__init__()
         self.mixer_norm, self.mixer = mixer_norm, mixer
         self.ffn_norm, self.ffn = ffn_norm, ffn
+        self.mixer_input = mixer_input
 
     @property
     def is_moe(self) -> bool:
@@ -69,12 +72,14 @@ class Block(nn.Module):
         """Whether the token mixer is routed (an MoELayer: mixture of attention heads)."""
         return isinstance(self.mixer, MoELayer)
 
-    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor
+    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor, embeds_BSD: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, LayerAux | None, LayerAux | None]:
         """(x_BSD, the mixer's LayerAux, the FFN's LayerAux); None for a part that does not route. The model
-        finishes every layer's summed losses at once (finish_summed_losses), hence ``defer_sums``."""
+        finishes every layer's summed losses at once (finish_summed_losses), hence ``defer_sums``.
+        ``embeds_BSD``: the model's input embeddings, for a ``mixer_input``."""
         mixer_aux = ffn_aux = None
-        h_BSD = self.mixer_norm(x_BSD)
+        mixer_in_BSD = x_BSD if self.mixer_input is None else x_BSD + self.mixer_input(x_BSD, embeds_BSD)
+        h_BSD = self.mixer_norm(mixer_in_BSD)
         if self.routes_mixer:
             y_BSD, mixer_aux = self.mixer(h_BSD, input_ids_BS, defer_sums=True)
         else:
@@ -139,9 +144,10 @@ class DecoderLM(nn.Module):
         x_BSD = self.embed(input_ids)
         if self.pos_embed is not None:
             x_BSD = x_BSD + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device))
+        embeds_BSD = x_BSD
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):
-            x_BSD, mixer_aux, ffn_aux = block(x_BSD, input_ids)
+            x_BSD, mixer_aux, ffn_aux = block(x_BSD, input_ids, embeds_BSD)
             if mixer_aux is not None:
                 out.layer_aux[mixer_site(i)] = mixer_aux
             if ffn_aux is not None:

@@ -1,4 +1,5 @@
-"""The research workflow on every shipped hybrid (model=jamba_tiny, blackmamba_tiny, moa_tiny at smoke size):
+"""The research workflow on every shipped hybrid (model=jamba_tiny, blackmamba_tiny, moa_tiny, zamba_tiny at smoke
+size):
 training, eval/perplexity.py reproducing the run's validation loss, eval/routing_report.py reporting every
 routed site (MoA's attention experts as "i.moa"), eval/compare.py tabulating them side by side, and
 upcycling the FFNs of a dense Mamba hybrid into experts with its function kept at step 0."""
@@ -20,6 +21,7 @@ HYBRIDS = {  # name: (overrides at smoke size, the routed sites the report lists
     "jamba_tiny": (["model=jamba_tiny", "model.n_layers=4", "model.expert_d_ff=64"], ["1", "3"]),
     "blackmamba_tiny": (["model=blackmamba_tiny", "model.expert_d_ff=64"], ["0", "1"]),
     "moa_tiny": (["model=moa_tiny", "model.moa_head_dim=16"], ["0.moa", "0", "1.moa", "1"]),
+    "zamba_tiny": (["model=zamba_tiny", "model.expert_d_ff=64"], ["0", "1"]),
 }
 
 
