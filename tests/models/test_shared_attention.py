@@ -55,7 +55,7 @@ def test_the_shared_block_is_one_module_counted_once_and_alternates_with_two():
     projections = 2 * 32 * 32
     total = sum(p.numel() for p in one.parameters())
     assert total == sum(p.numel() for p in plain.parameters()) + shared_params + projections
-    two = build(shared_attention_every=1, shared_attention_offset=0, shared_attention_blocks=2)  # ABAB over the 4 blocks
+    two = build(shared_attention_every=1, shared_attention_offset=0, shared_attention_blocks=2)  # ABAB, 4 blocks
     shared = [block.mixer_input.shared for block in two.blocks]
     assert shared[0] is shared[2] and shared[1] is shared[3] and shared[0] is not shared[1]
 
