@@ -27,6 +27,33 @@ def apply_rope(x_BHSd: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor)
     return rotated.to(x_BHSd.dtype)
 
 
+def cached_length(cache: dict | None) -> int:
+    """Tokens an attention cache holds (0 without one)."""
+    return 0 if not cache else cache["k"].shape[-2]
+
+
+def extend_cache(cache: dict | None, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Append the new tokens' tensors (sequence on dim -2) to the cache's and return the whole of each; without
+    a cache, the new ones."""
+    if cache is None:
+        return tuple(new.values())
+    for name, value in new.items():
+        cache[name] = value if name not in cache else torch.cat((cache[name], value), dim=-2)
+    return tuple(cache[name] for name in new)
+
+
+def causal_attention(q_BHSd: torch.Tensor, k_BJKd: torch.Tensor, v_BJKv: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Causal SDPA where the S queries are the last S of the K keys' positions (K > S after a cache):
+    query i sees keys 0 .. K − S + i."""
+    S, K = q_BHSd.shape[-2], k_BJKd.shape[-2]
+    if S == K:
+        return F.scaled_dot_product_attention(q_BHSd, k_BJKd, v_BJKv, is_causal=True, **kwargs)
+    if S == 1:  # one new token sees every key
+        return F.scaled_dot_product_attention(q_BHSd, k_BJKd, v_BJKv, **kwargs)
+    visible_SK = torch.ones(S, K, dtype=torch.bool, device=q_BHSd.device).tril(diagonal=K - S)
+    return F.scaled_dot_product_attention(q_BHSd, k_BJKd, v_BJKv, attn_mask=visible_SK, **kwargs)
+
+
 QK_NORM_SCOPES = ("head", "full")
 
 
@@ -82,10 +109,13 @@ class Attention(nn.Module):
         self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
         self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (incremental decoding, moe/models/decode_state.py): the keys and values of the tokens
+        seen so far, which the S new tokens extend and attend to."""
         B, S, _ = x_BSD.shape
-        if S > self.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.max_seq_len}")
+        start = cached_length(cache)
+        if start + S > self.max_seq_len:
+            raise ValueError(f"sequence length {start + S} exceeds model.max_seq_len={self.max_seq_len}")
         q_BSX, kv_BSY = self.q_proj(x_BSD), self.kv_proj(x_BSD)
         if self.qk_norm_full:  # normalise q and the k half of kv over their full width, in float32
             k_BSX, v_BSX = kv_BSY.chunk(2, dim=-1)
@@ -98,9 +128,8 @@ class Attention(nn.Module):
             q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
             k_BJSd = self.k_norm(k_BJSd.float()).to(k_BJSd.dtype)
         if self.rope:
-            cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
+            cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
             q_BHSd, k_BJSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BJSd, cos_SR, sin_SR)
-        out_BHSd = F.scaled_dot_product_attention(
-            q_BHSd, k_BJSd, v_BJSd, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        k_BJSd, v_BJSd = extend_cache(cache, k=k_BJSd, v=v_BJSd)
+        out_BHSd = causal_attention(q_BHSd, k_BJSd, v_BJSd, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out_BHSd.transpose(1, 2).reshape(B, S, -1))

@@ -23,6 +23,7 @@ from torch import nn
 
 from moe.config_upgrade import rename_state_keys
 from moe.layer import LayerAux, MoELayer, finish_summed_losses, step_balancers
+from moe.models.decode_state import DecodeState
 from moe.types import mixer_site
 
 
@@ -72,18 +73,23 @@ class Block(nn.Module):
         """Whether the token mixer is routed (an MoELayer: mixture of attention heads)."""
         return isinstance(self.mixer, MoELayer)
 
-    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor, embeds_BSD: torch.Tensor | None = None
+    def forward(self, x_BSD: torch.Tensor, input_ids_BS: torch.Tensor, embeds_BSD: torch.Tensor | None = None,
+                *, mixer_cache: dict | None = None, input_cache: dict | None = None
                 ) -> tuple[torch.Tensor, LayerAux | None, LayerAux | None]:
         """(x_BSD, the mixer's LayerAux, the FFN's LayerAux); None for a part that does not route. The model
         finishes every layer's summed losses at once (finish_summed_losses), hence ``defer_sums``.
-        ``embeds_BSD``: the model's input embeddings, for a ``mixer_input``."""
+        ``embeds_BSD``: the model's input embeddings, for a ``mixer_input``. ``mixer_cache`` / ``input_cache``:
+        the decode state of the mixer and of the mixer input (moe/models/decode_state.py)."""
         mixer_aux = ffn_aux = None
-        mixer_in_BSD = x_BSD if self.mixer_input is None else x_BSD + self.mixer_input(x_BSD, embeds_BSD)
+        mixer_in_BSD = x_BSD
+        if self.mixer_input is not None:
+            mixer_in_BSD = x_BSD + self.mixer_input(x_BSD, embeds_BSD, input_cache)
         h_BSD = self.mixer_norm(mixer_in_BSD)
+        cached = {} if mixer_cache is None else {"cache": mixer_cache}  # custom mixers need not take a cache
         if self.routes_mixer:
-            y_BSD, mixer_aux = self.mixer(h_BSD, input_ids_BS, defer_sums=True)
+            y_BSD, mixer_aux = self.mixer(h_BSD, input_ids_BS, defer_sums=True, **cached)
         else:
-            y_BSD = self.mixer(h_BSD)
+            y_BSD = self.mixer(h_BSD, **cached)
         x_BSD = x_BSD + y_BSD
         if self.ffn is None:
             return x_BSD, mixer_aux, None
@@ -138,16 +144,33 @@ class DecoderLM(nn.Module):
                                              "w_proj_EFD", "out_proj.weight"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+    def decode_state(self) -> DecodeState:
+        """A fresh state for incremental decoding (``forward(ids, state=...)``); refuses routers that choose
+        tokens per expert from the whole batch, whose choice for a token depends on later ones."""
+        for layer in self.moe_layers:
+            if getattr(layer.router, "top_k", None) is None:
+                raise ValueError(f"{type(layer.router).__name__} picks tokens per expert across the sequence: "
+                                 f"incremental decoding would route differently; use a token-choice router")
+        return DecodeState()
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                state: DecodeState | None = None) -> ModelOutput:
         """input_ids [B, S] → logits [B, S, V]; with targets [B, S] also the losses
-        (targets equal to -100 are ignored)."""
+        (targets equal to -100 are ignored). With ``state`` (from :meth:`decode_state`) the S tokens continue
+        the ones fed before, and the state advances by S."""
+        start = 0 if state is None else state.position
         x_BSD = self.embed(input_ids)
         if self.pos_embed is not None:
-            x_BSD = x_BSD + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device))
+            if start + input_ids.shape[1] > self.max_seq_len:
+                raise ValueError(f"sequence length {start + input_ids.shape[1]} exceeds model.max_seq_len="
+                                 f"{self.max_seq_len}")
+            x_BSD = x_BSD + self.pos_embed(torch.arange(start, start + input_ids.shape[1], device=input_ids.device))
         embeds_BSD = x_BSD
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):
-            x_BSD, mixer_aux, ffn_aux = block(x_BSD, input_ids, embeds_BSD)
+            caches = {} if state is None else {"mixer_cache": state.cache(str(i)),
+                                                "input_cache": state.cache(f"{i}.input")}
+            x_BSD, mixer_aux, ffn_aux = block(x_BSD, input_ids, embeds_BSD, **caches)
             if mixer_aux is not None:
                 out.layer_aux[mixer_site(i)] = mixer_aux
             if ffn_aux is not None:
@@ -157,6 +180,8 @@ class DecoderLM(nn.Module):
             for name, loss in aux.losses.items():
                 out.aux_losses[f"layer{i}/{name}"] = loss
                 out.aux_coeffs[f"layer{i}/{name}"] = aux.coeffs[name]
+        if state is not None:
+            state.position += input_ids.shape[1]
         out.logits = self.lm_head(self.final_norm(x_BSD))
         if targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

@@ -83,6 +83,23 @@ def selective_scan_chunked(x_BSI, dt_BSI, A_IN, B_BSN, C_BSN, h_BIN=None, chunk:
     return torch.cat(ys, dim=1).to(dtype), h_BIN.to(dtype)
 
 
+def causal_conv(conv1d: nn.Conv1d, x_BSX: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """The depthwise causal conv over the sequence: output t reads inputs t − d_conv + 1 .. t. Without a
+    cache the conv pads d_conv − 1 zeros on both sides and the first S outputs are kept; with one, the
+    cached last d_conv − 1 inputs ("conv", [B, X, d_conv − 1], zeros at first) stand in for the left padding
+    and the last d_conv − 1 inputs are kept for the next call."""
+    S = x_BSX.shape[1]
+    x_BXS = x_BSX.transpose(1, 2)
+    if cache is None:
+        return conv1d(x_BXS)[..., :S].transpose(1, 2)
+    width = conv1d.kernel_size[0] - 1
+    past_BXW = cache.get("conv", x_BXS.new_zeros(*x_BXS.shape[:2], width))
+    window_BXT = torch.cat((past_BXW.to(x_BXS.dtype), x_BXS), dim=-1)  # T = width + S
+    cache["conv"] = window_BXT[..., window_BXT.shape[-1] - width:]
+    out_BXS = F.conv1d(window_BXT, conv1d.weight, conv1d.bias, groups=conv1d.groups)
+    return out_BXS.transpose(1, 2)
+
+
 class MambaMixer(nn.Module):
     """Mamba-1 token mixer (see the module doc): [B, S, D] → [B, S, D], causal."""
 
@@ -117,18 +134,21 @@ class MambaMixer(nn.Module):
         dt_I = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_proj.bias.copy_(dt_I + torch.log(-torch.expm1(-dt_I)))  # the inverse of softplus
 
-    def forward(self, u_BSD: torch.Tensor) -> torch.Tensor:
-        S = u_BSD.shape[1]
+    def forward(self, u_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (incremental decoding): the conv's last d_conv − 1 inputs and the SSM state h [B, d_in, N]
+        after the tokens seen so far; the S new tokens continue from them and update them."""
         x_BSI, z_BSI = self.in_proj(u_BSD).chunk(2, dim=-1)
-        # the conv pads d_conv − 1 on both sides; keeping the first S outputs makes it causal
-        x_BSI = F.silu(self.conv1d(x_BSI.transpose(1, 2))[..., :S].transpose(1, 2))
+        x_BSI = F.silu(causal_conv(self.conv1d, x_BSI, cache))
         delta_BSR, B_BSN, C_BSN = self.x_proj(x_BSI).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms is not None:
             delta_BSR, B_BSN, C_BSN = (self.inner_norms[k](v) for k, v in (("dt", delta_BSR), ("B", B_BSN),
                                                                            ("C", C_BSN)))
         dt_BSI = F.softplus(self.dt_proj(delta_BSR))
         A_IN = -torch.exp(self.A_log.float())
-        y_BSI, _ = selective_scan_chunked(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(), C_BSN.float(),
-                                          chunk=self.chunk)
+        h_BIN = None if cache is None else cache.get("ssm")
+        y_BSI, h_BIN = selective_scan_chunked(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(), C_BSN.float(),
+                                              h_BIN, chunk=self.chunk)
+        if cache is not None:
+            cache["ssm"] = h_BIN
         y_BSI = (y_BSI + self.D * x_BSI.float()).to(x_BSI.dtype) * F.silu(z_BSI)
         return self.out_proj(y_BSI)

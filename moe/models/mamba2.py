@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe.models.mamba import causal_conv
+
 CHUNK = 64  # tokens per chunk of the SSD scan (the L×L decay matrix is per head: [B, H, L, L])
 
 
@@ -98,17 +100,24 @@ class Mamba2Mixer(nn.Module):
             dt_H = torch.exp(torch.rand(n_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
             self.dt_bias.copy_(dt_H + torch.log(-torch.expm1(-dt_H)))
 
-    def forward(self, u_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, u_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (incremental decoding): the conv's last d_conv − 1 inputs and the state per head
+        [B, H, P, N] after the tokens seen so far; the S new tokens continue from them and update them."""
         batch, S, _ = u_BSD.shape
         GN = self.n_groups * self.d_state
         z_BSI, xBC, dt_BSH = self.in_proj(u_BSD).split([self.d_inner, self.d_inner + 2 * GN, self.n_heads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :S].transpose(1, 2))
+        xBC = F.silu(causal_conv(self.conv1d, xBC, cache))
         x_BSI, B_BSX, C_BSX = xBC.split([self.d_inner, GN, GN], dim=-1)
         dt_BSH = F.softplus(dt_BSH.float() + self.dt_bias)
         A_H = -torch.exp(self.A_log.float())
         x_BSHP = x_BSI.float().view(batch, S, self.n_heads, self.head_dim)
-        y_BSHP, _ = ssd_scan_chunked(x_BSHP, dt_BSH, A_H, B_BSX.float().view(batch, S, self.n_groups, self.d_state),
-                                     C_BSX.float().view(batch, S, self.n_groups, self.d_state), chunk=self.chunk)
+        h_BHPN = None if cache is None else cache.get("ssm")
+        y_BSHP, h_BHPN = ssd_scan_chunked(x_BSHP, dt_BSH, A_H,
+                                          B_BSX.float().view(batch, S, self.n_groups, self.d_state),
+                                          C_BSX.float().view(batch, S, self.n_groups, self.d_state), h_BHPN,
+                                          chunk=self.chunk)
+        if cache is not None:
+            cache["ssm"] = h_BHPN
         y_BSI = (y_BSHP + self.D[:, None] * x_BSHP).reshape(batch, S, self.d_inner)
         gated_BSGX = (y_BSI * F.silu(z_BSI.float())).view(batch, S, self.n_groups, -1)
         normed = gated_BSGX * torch.rsqrt(gated_BSGX.pow(2).mean(-1, keepdim=True) + self.norm_eps)

@@ -17,16 +17,16 @@ DeepSeek's checkpoints rotate interleaved pairs (x0, x1), (x2, x3), … instead;
 on the de-interleaved vector (x0, x2, …, x1, x3, …), so the HF importer permutes the rope rows of
 q_b_proj and kv_a_proj once (moe/interop/adapters/deepseek_v3.py) and the module needs no second convention.
 The two latent RMSNorms use ε = 1e-6 whatever the model's norm_eps, as DeepSeek's reference code does.
-Only the training-time form is implemented (no absorbed-matrix KV cache for decoding).
+For decoding, the cache holds the latents c^KV (the paper's point: kv_lora_rank + qk_rope numbers per token);
+the absorbed-matrix form, which would skip re-expanding them every step, is not implemented.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from moe.models.attention import apply_rope, rope_cos_sin
+from moe.models.attention import apply_rope, cached_length, causal_attention, extend_cache, rope_cos_sin
 
 
 def check_mla_sizes(*, q_lora_rank: int | None, kv_lora_rank: int | None, qk_nope_head_dim: int | None,
@@ -88,10 +88,13 @@ class MLAttention(nn.Module):
         """RMSNorm in float32: under bf16 autocast the projections are bf16 while the gains stay fp32."""
         return norm(x.float()).to(x.dtype)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (incremental decoding): the compressed latents c^KV and the rotated shared RoPE keys of the
+        tokens seen so far — not the expanded per-head keys and values, which are recomputed from them."""
         B, S, _ = x_BSD.shape
-        if S > self.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.max_seq_len}")
+        start = cached_length(cache)
+        if start + S > self.max_seq_len:
+            raise ValueError(f"sequence length {start + S} exceeds model.max_seq_len={self.max_seq_len}")
         H, n, r = self.n_heads, self.nope_dim, self.rope_dim
         if self.q_proj is not None:
             q_BSX = self.q_proj(x_BSD)
@@ -100,17 +103,18 @@ class MLAttention(nn.Module):
         q_nope_BHSn, q_rope_BHSr = q_BSX.view(B, S, H, n + r).transpose(1, 2).split((n, r), dim=-1)
 
         ckv_BSC, k_rope_BSr = self.kv_a_proj(x_BSD).split((self.kv_lora_rank, r), dim=-1)
-        kv_BSY = self.kv_b_proj(self._norm(self.kv_a_norm, ckv_BSC))
-        k_nope_BHSn, v_BHSv = kv_BSY.view(B, S, H, n + self.v_dim).transpose(1, 2).split((n, self.v_dim), dim=-1)
-
-        cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
+        cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
         q_rope_BHSr = apply_rope(q_rope_BHSr, cos_SR, sin_SR)
         k_rope_B1Sr = apply_rope(k_rope_BSr.unsqueeze(1), cos_SR, sin_SR)  # one rope key shared by all heads
+        ckv_BKC, k_rope_B1Kr = extend_cache(cache, k=ckv_BSC, k_rope=k_rope_B1Sr)  # K = cached + new tokens
+        K = ckv_BKC.shape[1]
+        kv_BKY = self.kv_b_proj(self._norm(self.kv_a_norm, ckv_BKC))
+        k_nope_BHKn, v_BHKv = kv_BKY.view(B, K, H, n + self.v_dim).transpose(1, 2).split((n, self.v_dim), dim=-1)
 
         q_BHSq = torch.cat((q_nope_BHSn, q_rope_BHSr), dim=-1)
-        k_BHSq = torch.cat((k_nope_BHSn, k_rope_B1Sr.expand(B, H, S, r)), dim=-1)
+        k_BHKq = torch.cat((k_nope_BHKn, k_rope_B1Kr.expand(B, H, K, r)), dim=-1)
         # SDPA allows a value head size (v_head_dim) different from the query/key one
-        out_BHSv = F.scaled_dot_product_attention(q_BHSq, k_BHSq, v_BHSv, is_causal=True, scale=self.scale)
+        out_BHSv = causal_attention(q_BHSq, k_BHKq, v_BHKv, scale=self.scale)
         return self.o_proj(out_BHSv.transpose(1, 2).reshape(B, S, H * self.v_dim))
 
     def extra_repr(self) -> str:

@@ -19,11 +19,10 @@ picks tokens per expert by looking at the whole batch, future positions included
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moe.layer import LayerAux, MoELayer
-from moe.models.attention import apply_rope, rope_cos_sin
+from moe.models.attention import apply_rope, cached_length, causal_attention, extend_cache, rope_cos_sin
 from moe.types import Routing
 
 
@@ -81,20 +80,28 @@ class MixtureOfAttentionHeads(MoELayer):
         self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
 
     def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
-                defer_sums: bool = False) -> tuple[torch.Tensor, LayerAux]:
+                defer_sums: bool = False, cache: dict | None = None) -> tuple[torch.Tensor, LayerAux]:
+        """``cache`` (incremental decoding): the shared keys and values of the tokens seen so far."""
         B, S, D = x_BSD.shape
-        if S > self.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.max_seq_len}")
+        if cached_length(cache) + S > self.max_seq_len:
+            raise ValueError(f"sequence length {cached_length(cache) + S} exceeds model.max_seq_len="
+                             f"{self.max_seq_len}")
         x_TD = x_BSD.reshape(B * S, D)
         routing = self.route(x_TD, token_ids_BS)
-        y_TD = self.attend(x_BSD, routing)
+        y_TD = self.attend(x_BSD, routing, cache)
         return self.add_bias(y_TD).view(B, S, D), self.balance(routing, B, S, defer_sums=defer_sums)
 
-    def attend(self, x_BSD: torch.Tensor, routing: Routing) -> torch.Tensor:
+    def attend(self, x_BSD: torch.Tensor, routing: Routing, cache: dict | None = None) -> torch.Tensor:
         """y_TD = Σ_j w_j · o_{t,j} W_o,e_j for every token (before the output bias)."""
         B, S, D = x_BSD.shape
+        start = cached_length(cache)
         T, h, d = B * S, self.heads, self.head_dim
         slot_N, K = assignment_slots(routing.token_ids_N, T)
+        k_BhSd, v_BhSd = self.kv_proj(x_BSD).view(B, S, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope:
+            cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
+            k_BhSd = apply_rope(k_BhSd, cos_SR, sin_SR)
+        k_BhKd, v_BhKd = extend_cache(cache, k=k_BhSd, v=v_BhSd)  # K = cached + new positions
         if K == 0:  # no token routed anywhere (ReLU routing can switch every gate off): no attention output
             return x_BSD.new_zeros(T, D) + 0.0 * self.experts.w_o_EXD.sum()
         order_N = torch.argsort(routing.expert_ids_N, stable=True)  # each expert's rows contiguous
@@ -106,12 +113,9 @@ class MixtureOfAttentionHeads(MoELayer):
         # query head (i, j) = head i of slot j at index i·K + j, so SDPA's GQA grouping (query head // K)
         # pairs it with key/value head i, as JetMoE's repeated K/V do
         q_BQSd = q_RX.view(B, S, K, h, d).permute(0, 3, 2, 1, 4).reshape(B, h * K, S, d)
-        k_BhSd, v_BhSd = self.kv_proj(x_BSD).view(B, S, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope:
-            cos_SR, sin_SR = self.rope_cos_SR[:S], self.rope_sin_SR[:S]
-            q_BQSd, k_BhSd = apply_rope(q_BQSd, cos_SR, sin_SR), apply_rope(k_BhSd, cos_SR, sin_SR)
-        out_BQSd = F.scaled_dot_product_attention(q_BQSd, k_BhSd.to(q_BQSd.dtype), v_BhSd.to(q_BQSd.dtype),
-                                                  is_causal=True, enable_gqa=K > 1)
+            q_BQSd = apply_rope(q_BQSd, cos_SR, sin_SR)
+        out_BQSd = causal_attention(q_BQSd, k_BhKd.to(q_BQSd.dtype), v_BhKd.to(q_BQSd.dtype), enable_gqa=K > 1)
         out_RX = out_BQSd.view(B, h, K, S, d).permute(0, 3, 2, 1, 4).reshape(T * K, h * d)
         y_ND = per_expert_matmul(out_RX.index_select(0, row_N), self.experts.w_o_EXD, counts_E)
         scaled_ND = y_ND * weight_N.to(y_ND.dtype).unsqueeze(-1)

@@ -36,8 +36,9 @@ class SharedAttentionBlock(nn.Module):
         self.norm_mlp = nn.RMSNorm(d_model, eps=norm_eps)
         self.mlp = SwiGLU(d_model=d_model, d_ff=d_ff)
 
-    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor) -> torch.Tensor:
-        attended_BSD = self.attention(self.norm_in(torch.cat((x_BSD, embeds_BSD.to(x_BSD.dtype)), dim=-1)))
+    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache``: this application's keys and values (each application attends over its own inputs)."""
+        attended_BSD = self.attention(self.norm_in(torch.cat((x_BSD, embeds_BSD.to(x_BSD.dtype)), dim=-1)), cache)
         return self.mlp(self.norm_mlp(attended_BSD))
 
 
@@ -49,8 +50,8 @@ class SharedAttentionInput(nn.Module):
         self.shared = shared  # the same module in every application: its weights count once
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.shared(x_BSD, embeds_BSD))
+    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        return self.proj(self.shared(x_BSD, embeds_BSD, cache))
 
 
 def shared_block_indices(*, n_layers: int, every: int | None, offset: int) -> list[int]:
