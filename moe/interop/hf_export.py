@@ -28,6 +28,7 @@ Which ``model_type`` (``arch``): when not forced, the first that holds the model
                                                                            candidate for such a model)
     Mamba blocks + GQA attention blocks (position: none)   jamba           jamba.py
     model.attention=moa, every block MoE                   jetmoe          jetmoe.py
+    Mamba-2 blocks + GQA blocks, every block MoE or dense  granitemoehybrid granitemoehybrid.py
 
 Common to every target: ``max_position_embeddings`` = ``max_seq_len``; tied embeddings →
 ``tie_word_embeddings: true`` and no ``lm_head.weight``; all weights float32; no tokenizer ids (moe-lab
@@ -70,6 +71,10 @@ def arch_problems(arch: str, f: ModelFacts) -> list[str]:
         if f.final_norm_eps is not None:
             problems.append(f"model.final_norm_eps={f.final_norm_eps} differs from norm_eps={f.norm_eps} "
                             f"(only jetmoe's norms differ so)")
+    if arch != "granitemoehybrid":
+        for name in ("embedding_multiplier", "logits_scaling"):
+            if getattr(f, name) != 1.0:
+                problems.append(f"model.{name}={getattr(f, name)} (only granitemoehybrid has it)")
     return problems + BY_MODEL_TYPE[arch].export_problems(arch, f)
 
 
@@ -83,7 +88,7 @@ def choose_arch(f: ModelFacts, arch: str | None = None) -> str:
     if f.attention == "mla" or f.router == "sigmoid":
         candidates: tuple[str, ...] = ("deepseek_v3",)  # no other HF model has MLA or sigmoid routing
     elif f.hybrid:
-        candidates = ("jamba",)  # the one Mamba-1 hybrid of HF
+        candidates = ("jamba", "granitemoehybrid")  # HF's Mamba-1 and Mamba-2 hybrids
     elif f.attention == "moa":
         candidates = ("jetmoe",)  # the one HF model with a mixture of attention heads
     else:
@@ -121,7 +126,7 @@ def hf_tensors(arch: str, model: DecoderLM, config: dict[str, Any]) -> dict[str,
 
 def check_rope_theta(model: DecoderLM, rope_theta: float) -> None:
     """The model keeps θ only as its cos table; a config whose θ does not rebuild that table is wrong."""
-    attn = model.blocks[0].mixer
+    attn = next(b.mixer for b in model.blocks if hasattr(b.mixer, "rope_cos_SR"))  # the first attention block
     rotary_dim = attn.rope_dim if isinstance(attn, MLAttention) else attn.head_dim
     cos_SR, _ = rope_cos_sin(attn.max_seq_len, rotary_dim, float(rope_theta))
     table = attn.rope_cos_SR.detach().to("cpu", torch.float32)
@@ -137,7 +142,7 @@ def export_hf(model: nn.Module, *, rope_theta: float | None, arch: str | None = 
     RoPE models. Raises ValueError when no (or not the forced) HF architecture holds the model exactly."""
     facts = model_facts(model)
     arch = choose_arch(facts, arch)
-    if arch not in ("gpt2", "jamba"):  # learned positions, or none
+    if arch not in ("gpt2", "jamba") and facts.position == "rope":  # learned positions, or none
         if rope_theta is None:
             raise ValueError("a RoPE model needs rope_theta: pass config= (the run config the model was built from)")
         check_rope_theta(model, rope_theta)

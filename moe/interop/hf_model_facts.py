@@ -18,6 +18,7 @@ from moe.models.attention import Attention
 from moe.models.decoder import DecoderLM
 from moe.models.ffn import GELUMLP, SwiGLU
 from moe.models.mamba import MambaMixer
+from moe.models.mamba2 import Mamba2Mixer
 from moe.models.mla import MLAttention
 from moe.models.moa import MixtureOfAttentionHeads
 from moe.routers.sigmoid import SigmoidRouter
@@ -70,6 +71,8 @@ class ModelFacts:
     # mixture of attention heads: heads, head_dim, num_experts, top_k, order, bias (MoA's output bias)
     moa: dict[str, Any] = field(default_factory=dict)
     moe_bias: bool = False     # an output bias on the MoE FFNs (MoELayer.bias_D)
+    embedding_multiplier: float = 1.0  # Granite's constants (DecoderLM's)
+    logits_scaling: float = 1.0
     final_norm_eps: float | None = None  # the final norm's eps where it differs from norm_eps
 
 
@@ -106,8 +109,17 @@ def model_facts(model: nn.Module) -> ModelFacts:
     if any(b.mixer_input is not None for b in blocks):
         raise ValueError("model.shared_attention_every is set: a shared attention block (Zamba) has no Hugging Face "
                          "export here (Zamba's HF classes are dense and scale attention by (head_dim/2)^-0.5)")
-    if any(isinstance(b.mixer, MambaMixer) for b in blocks):
-        return _finish_facts(model, _hybrid_facts(model))
+    if any(isinstance(b.mixer, (MambaMixer, Mamba2Mixer)) for b in blocks):
+        facts = _finish_facts(model, _hybrid_facts(model))
+    else:
+        facts = _attention_model_facts(model)
+    facts.embedding_multiplier, facts.logits_scaling = model.embedding_multiplier, model.logits_scaling
+    return facts
+
+
+def _attention_model_facts(model: DecoderLM) -> ModelFacts:
+    """A model whose every block attends (one attention kind)."""
+    blocks = list(model.blocks)
     kinds = _single({type(b.mixer) for b in blocks}, "the attention type")
     if kinds is MixtureOfAttentionHeads:
         return _finish_facts(model, _moa_facts(model))
@@ -148,25 +160,33 @@ def _gqa_facts(model: DecoderLM, blocks: list[nn.Module] | None = None) -> Model
 
 
 MAMBA_OPTIONS = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "proj_bias", "inner_norms")
+MAMBA2_OPTIONS = ("d_state", "d_conv", "expand", "head_dim", "n_groups", "conv_bias", "proj_bias")
 
 
-def _mamba_options(mixer: MambaMixer) -> tuple:
-    return (mixer.d_state, mixer.conv1d.kernel_size[0], mixer.d_inner // mixer.in_proj.in_features, mixer.dt_rank,
-            mixer.conv1d.bias is not None, mixer.in_proj.bias is not None, mixer.inner_norms is not None)
+def _mamba_options(mixer: MambaMixer | Mamba2Mixer) -> dict[str, Any]:
+    expand = mixer.d_inner // mixer.in_proj.in_features
+    conv_bias, proj_bias = mixer.conv1d.bias is not None, mixer.in_proj.bias is not None
+    if isinstance(mixer, Mamba2Mixer):
+        values = (mixer.d_state, mixer.conv1d.kernel_size[0], expand, mixer.head_dim, mixer.n_groups, conv_bias,
+                  proj_bias)
+        return {"ssm": "mamba2", **dict(zip(MAMBA2_OPTIONS, values, strict=True))}
+    values = (mixer.d_state, mixer.conv1d.kernel_size[0], expand, mixer.dt_rank, conv_bias, proj_bias,
+              mixer.inner_norms is not None)
+    return {"ssm": "mamba", **dict(zip(MAMBA_OPTIONS, values, strict=True))}
 
 
 def _hybrid_facts(model: DecoderLM) -> ModelFacts:
-    """A Mamba hybrid: GQA attention blocks (at least one) and Mamba-1 blocks of one configuration."""
+    """A Mamba hybrid: GQA attention blocks (at least one) and Mamba-1 or Mamba-2 blocks of one configuration."""
     blocks = list(model.blocks)
-    attention = [i for i, b in enumerate(blocks) if not isinstance(b.mixer, MambaMixer)]
+    attention = [i for i, b in enumerate(blocks) if not isinstance(b.mixer, (MambaMixer, Mamba2Mixer))]
     if not attention or not all(isinstance(blocks[i].mixer, Attention) for i in attention):
-        raise ValueError("a Mamba model exports only as Jamba: its other blocks must be GQA attention (at least "
-                         "one; model.attention_every / attention_offset)")
+        raise ValueError("a Mamba model exports only as Jamba or GraniteMoeHybrid: its other blocks must be GQA "
+                         "attention (at least one; model.attention_every / attention_offset or mixer_layers)")
     facts = _gqa_facts(model, [blocks[i] for i in attention])
     facts.n_layers = len(blocks)  # _gqa_facts counted the attention blocks
-    options = _single({_mamba_options(b.mixer) for b in blocks if isinstance(b.mixer, MambaMixer)},
-                      "the Mamba mixers' options")
-    facts.hybrid = {"attention_layers": attention, **dict(zip(MAMBA_OPTIONS, options, strict=True))}
+    options = _single({tuple(_mamba_options(b.mixer).items()) for b in blocks
+                       if isinstance(b.mixer, (MambaMixer, Mamba2Mixer))}, "the Mamba mixers' options")
+    facts.hybrid = {"attention_layers": attention, **dict(options)}
     return facts
 
 

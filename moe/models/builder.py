@@ -133,6 +133,8 @@ def build_decoder(
     moa_head_dim: int = 32,
     mlp: str = "swiglu",
     tie_embeddings: bool = True,
+    embedding_multiplier: float = 1.0,
+    logits_scaling: float = 1.0,
     init_std: float = 0.02,
     num_experts: int = 0,
     expert_d_ff: int | None = None,
@@ -169,7 +171,8 @@ def build_decoder(
     if tie_embeddings:
         lm_head.weight = embed.weight
     model = DecoderLM(embed=embed, pos_embed=pos_embed, blocks=blocks, final_norm=final_norm, lm_head=lm_head,
-                      max_seq_len=max_seq_len, init_std=init_std, rope_theta=rope_theta)
+                      max_seq_len=max_seq_len, init_std=init_std, rope_theta=rope_theta,
+                      embedding_multiplier=embedding_multiplier, logits_scaling=logits_scaling)
     model.reset_parameters()
     return model
 
@@ -179,6 +182,9 @@ def check_model_options(o: Mapping[str, Any]) -> None:
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
         if o[name] < 1:
             raise ValueError(f"model.{name}={o[name]} must be >= 1")
+    for name in ("embedding_multiplier", "logits_scaling"):
+        if not o[name] > 0:
+            raise ValueError(f"model.{name}={o[name]} must be > 0")
     if o["num_experts"] < 0:
         raise ValueError(f"model.num_experts={o['num_experts']} must be >= 0 (0 = dense model)")
     if o["num_shared_experts"] < 0:

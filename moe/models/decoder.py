@@ -110,8 +110,12 @@ class DecoderLM(nn.Module):
     :func:`moe.models.builder.build_decoder`, the ``_target_`` of every model config)."""
 
     def __init__(self, *, embed: nn.Embedding, blocks: list[Block], final_norm: nn.Module, lm_head: nn.Linear,
-                 pos_embed: nn.Embedding | None = None, max_seq_len: int, init_std: float, rope_theta: float):
+                 pos_embed: nn.Embedding | None = None, max_seq_len: int, init_std: float, rope_theta: float,
+                 embedding_multiplier: float = 1.0, logits_scaling: float = 1.0):
+        """``embedding_multiplier`` scales the token embeddings, ``logits_scaling`` divides the logits
+        (Granite's constants, which survive tied embeddings; 1.0 elsewhere)."""
         super().__init__()
+        self.embedding_multiplier, self.logits_scaling = float(embedding_multiplier), float(logits_scaling)
         self.vocab_size, self.max_seq_len, self.init_std = embed.num_embeddings, max_seq_len, init_std
         self.rope_theta = float(rope_theta)  # kept for HF export (save_hf), which writes it into config.json
         self.embed = embed
@@ -160,6 +164,8 @@ class DecoderLM(nn.Module):
         the ones fed before, and the state advances by S."""
         start = 0 if state is None else state.position
         x_BSD = self.embed(input_ids)
+        if self.embedding_multiplier != 1.0:
+            x_BSD = x_BSD * self.embedding_multiplier
         if self.pos_embed is not None:
             if start + input_ids.shape[1] > self.max_seq_len:
                 raise ValueError(f"sequence length {start + input_ids.shape[1]} exceeds model.max_seq_len="
@@ -183,6 +189,8 @@ class DecoderLM(nn.Module):
         if state is not None:
             state.position += input_ids.shape[1]
         out.logits = self.lm_head(self.final_norm(x_BSD))
+        if self.logits_scaling != 1.0:
+            out.logits = out.logits / self.logits_scaling
         if targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             out.loss = out.lm_loss + out.aux_loss

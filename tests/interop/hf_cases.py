@@ -26,6 +26,8 @@ DEEPSEEK = {**MLA, "n_layers": 3, "num_experts": 8, "expert_d_ff": 32, "num_shar
 
 JETMOE = {**MOE, "attention": "moa", "moa_heads": 2, "moa_head_dim": 8, "moe_output_bias": True, "norm_eps": 1e-6}
 
+GRANITE = {**MOE, "mixer_layers": ["mamba2", "gqa"], "mamba_head_dim": 16, "mamba_d_state": 8, "position": "none"}
+
 
 def run_config(*, order="topk_then_softmax", balance=None, router=None, **model) -> dict:
     config = {"model": {**MODEL, **model}}
@@ -81,4 +83,8 @@ CASES = {  # name: (model/router options, the HF model_type save_hf should pick)
     # mixture of attention heads + MoE in every block; JetMoE's block norms keep eps 1e-6, its final one not
     "jetmoe": ({**JETMOE, "final_norm_eps": 1e-5}, "jetmoe"),
     "jetmoe_tied_without_biases": ({**JETMOE, "moe_output_bias": False, "tie_embeddings": True}, "jetmoe"),
+    # Mamba-2 + attention, every block MoE with a shared expert, Granite's embedding/logit constants
+    "granitemoehybrid": ({**GRANITE, "num_shared_experts": 1, "shared_expert_d_ff": 48, "embedding_multiplier": 2.0,
+                          "logits_scaling": 4.0}, "granitemoehybrid"),
+    "granitemoehybrid_rope_no_shared_expert": ({**GRANITE, "position": "rope"}, "granitemoehybrid"),
 }

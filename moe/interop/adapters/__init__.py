@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from moe.interop.adapters import deepseek_v3, gpt2, jamba, jetmoe, llama, mixtral, qwen2_moe
+from moe.interop.adapters import deepseek_v3, gpt2, granitemoehybrid, jamba, jetmoe, llama, mixtral, qwen2_moe
 
-ADAPTERS: tuple[ModuleType, ...] = (llama, gpt2, mixtral, qwen2_moe, deepseek_v3, jamba, jetmoe)
+ADAPTERS: tuple[ModuleType, ...] = (llama, gpt2, mixtral, qwen2_moe, deepseek_v3, jamba, jetmoe,
+                                         granitemoehybrid)
 BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.MODEL_TYPES}
 SUPPORTED = tuple(BY_MODEL_TYPE)
 ARCHITECTURES = {arch: cls for adapter in ADAPTERS for arch, cls in adapter.EXPORT_CLASSES.items()}

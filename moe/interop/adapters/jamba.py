@@ -115,6 +115,8 @@ def period_and_offset(indices: list[int], n_layers: int) -> tuple[int, int] | No
 def export_problems(arch: str, f: ModelFacts) -> list[str]:
     if not f.hybrid:
         return ["no Mamba block (jamba interleaves Mamba and attention)"]
+    if f.hybrid["ssm"] != "mamba":
+        return [f"model.ssm={f.hybrid['ssm']} (jamba's Mamba blocks are Mamba-1)"]
     problems = []
     if period_and_offset(f.hybrid["attention_layers"], f.n_layers) is None:
         problems.append(f"attention blocks {f.hybrid['attention_layers']} follow no period/offset")

@@ -75,7 +75,7 @@ def _stack_transposed(ours: str, hf: str) -> TensorRule:
     return TensorRule((ours,), (hf,), to_ours=lambda t: (t.transpose(1, 2),), to_hf=lambda t: (t.transpose(1, 2),))
 
 
-def _gate_up_rules(ours: str, hf: str) -> TensorRule:
+def fused_gate_up(ours: str, hf: str) -> TensorRule:
     """Our w_gate_EDF, w_up_EDF ↔ HF's input_linear [E, 2F, D]: the gate rows, then the up rows."""
     def to_ours(w_E2FD: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gate_EFD, up_EFD = w_E2FD.chunk(2, dim=1)
@@ -107,7 +107,7 @@ def tensor_rules(model: nn.Module, model_type: str, config_json: Mapping[str, An
                   _bias_rule(block.mixer, f"{ours}.mixer", f"{attention}.experts.bias"),
                   same(f"{ours}.mixer.kv_proj.weight", f"{attention}.kv_proj.weight"),
                   same(f"{ours}.ffn.router.scorer.weight_ED", f"{mlp}.router.layer.weight"),
-                  _gate_up_rules(f"{ours}.ffn.experts", f"{mlp}.input_linear.weight"),
+                  fused_gate_up(f"{ours}.ffn.experts", f"{mlp}.input_linear.weight"),
                   _stack_transposed(f"{ours}.ffn.experts.w_down_EFD", f"{mlp}.output_linear.weight"),
                   _bias_rule(block.ffn, f"{ours}.ffn", f"{mlp}.bias")]
     return rules
