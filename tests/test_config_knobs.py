@@ -41,7 +41,7 @@ ALTERNATIVES = {
     "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "q_lora_rank": 8, "moe_layers": [0],
     "n_kv_heads": 2, "expert_d_ff": 8, "shared_expert_d_ff": 8, "kv_lora_rank": 8,
     "ssm": "gqa", "mixer_layers": ["mamba", "gqa"], "mamba_dt_rank": 3, "moa_num_experts": 3,
-    "final_norm_eps": 1e-3, "shared_attention_every": 2,
+    "final_norm_eps": 1e-3, "shared_attention_every": 2, "bond_dim": 2,
 }
 
 # knob -> the overrides under which it acts (and is then checked)
@@ -109,11 +109,13 @@ def knob_cases() -> list[tuple[str, str, object]]:
 
 
 def footprint(config: dict) -> list[torch.Tensor]:
-    """Everything observable about a freshly built model: state, losses, logits, and again after a step."""
+    """Everything observable about a freshly built model: state, which parameters train, losses, logits, and
+    again after a step."""
     torch.manual_seed(0)
     model = build_model(config)
     input_ids = torch.randint(0, config["model"]["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
     seen = [t.detach().clone() for t in model.state_dict().values()]
+    seen.append(torch.tensor([p.requires_grad for p in model.parameters()]))  # what trains (frozen parts)
     for _ in range(2):
         model.train()
         torch.manual_seed(2)  # the same router noise in both builds

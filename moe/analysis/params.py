@@ -23,5 +23,7 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     for layer in getattr(model, "moe_layers", []):
         E = layer.experts.num_experts
         k = min(expected_experts_per_token(layer.router), E)
-        inactive += (1 - k / E) * sum(p.numel() for p in layer.experts.parameters())
+        # experts that share some weights across experts (MPO's central cores) name the per-expert ones
+        routed = getattr(layer.experts, "routed_parameters", layer.experts.parameters)()
+        inactive += (1 - k / E) * sum(p.numel() for p in routed)
     return {"total": total, "active": round(total - inactive)}

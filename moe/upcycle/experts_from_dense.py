@@ -64,6 +64,12 @@ def copy_into_experts(dense: nn.Module, experts: SwiGLUExperts, *, granularity: 
     if E % G:
         raise ValueError(f"init.granularity={G} must divide model.num_experts={E}")
     out_name, out_DF = matrices["out"]
+    if hasattr(experts, "load_stacks"):  # experts that store their stacks in another form (MPO cores)
+        shards = [slice((e % G) * F_e, (e % G + 1) * F_e) for e in range(E)]
+        stacks = {name: torch.stack([in_FD[shard].T for shard in shards]) for name, in_FD in matrices["in"]}
+        stacks[out_name] = torch.stack([out_DF[:, shard].T * output_scale for shard in shards])
+        experts.load_stacks(stacks)
+        return
     for e in range(E):
         shard = slice((e % G) * F_e, (e % G + 1) * F_e)
         for name, in_FD in matrices["in"]:

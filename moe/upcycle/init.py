@@ -127,6 +127,9 @@ class Upcycle:
             raise ValueError(f"{source} is an MoE model; upcycling needs a dense source (use init=checkpoint)")
         if len(dense.blocks) != len(model.blocks):
             raise ValueError(f"{source} has {len(dense.blocks)} blocks, model.n_layers={len(model.blocks)}")
+        if self.method != "copy" and any(hasattr(layer.experts, "load_stacks") for layer in model.moe_layers):
+            raise ValueError(f"init.method={self.method} with experts=mpo: MPO experts share one central core, so "
+                             f"they can start only as copies of the dense FFN (init.method=copy)")
         _copy_matching(dense, model, skip_ffn=True, source_name=source)
         if self.method in ("carve", "split"):
             for dense_block, block in zip(dense.blocks, model.blocks):

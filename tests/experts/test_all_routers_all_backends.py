@@ -16,7 +16,9 @@ T, D, F_, E = 48, 16, 32, 8  # D and F multiples of 16 so grouped_mm runs
 DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
 
 ROUTERS = [pytest.param(p, id=f"router={p.stem}") for p in group_files("router")]
-BACKENDS = [pytest.param(p, id=f"experts={p.stem}") for p in group_files("experts")]
+# experts=mpo is a parameterisation, not a dispatch: it runs GroupedExperts on its contracted stacks
+# (tests/experts/test_mpo.py), and its weights cannot take the reference's state dict
+BACKENDS = [pytest.param(p, id=f"experts={p.stem}") for p in group_files("experts") if p.stem != "mpo"]
 
 
 def load(path) -> dict:
