@@ -70,6 +70,7 @@ CONDITIONAL = {
     "model.moa_num_experts": ["model.attention=moa"],
     "model.shared_attention_offset": ["model.shared_attention_every=2"],
     "model.shared_attention_blocks": ["model.shared_attention_every=1"],
+    "model.shared_attention_lora_rank": ["model.shared_attention_every=1"],
 }
 
 # knobs that choose how, not what: every experts backend computes the same outputs (tests/experts/)

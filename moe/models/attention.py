@@ -109,14 +109,18 @@ class Attention(nn.Module):
         self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
         self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
 
-    def forward(self, x_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, cache: dict | None = None, *, delta_q: torch.Tensor | None = None,
+                delta_kv: torch.Tensor | None = None) -> torch.Tensor:
         """``cache`` (incremental decoding, moe/models/decode_state.py): the keys and values of the tokens
-        seen so far, which the S new tokens extend and attend to."""
+        seen so far, which the S new tokens extend and attend to. ``delta_q`` / ``delta_kv`` are added to the
+        q and kv projections (per-application LoRA of Zamba2's shared block)."""
         B, S, _ = x_BSD.shape
         start = cached_length(cache)
         if start + S > self.max_seq_len:
             raise ValueError(f"sequence length {start + S} exceeds model.max_seq_len={self.max_seq_len}")
         q_BSX, kv_BSY = self.q_proj(x_BSD), self.kv_proj(x_BSD)
+        if delta_q is not None:
+            q_BSX, kv_BSY = q_BSX + delta_q, kv_BSY + delta_kv
         if self.qk_norm_full:  # normalise q and the k half of kv over their full width, in float32
             k_BSX, v_BSX = kv_BSY.chunk(2, dim=-1)
             q_BSX = self.q_norm(q_BSX.float()).to(q_BSX.dtype)

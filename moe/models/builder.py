@@ -128,6 +128,7 @@ def build_decoder(
     shared_attention_every: int | None = None,
     shared_attention_offset: int = 0,
     shared_attention_blocks: int = 1,
+    shared_attention_lora_rank: int = 0,
     moa_num_experts: int | None = None,
     moa_heads: int = 2,
     moa_head_dim: int = 32,
@@ -250,7 +251,10 @@ def _shared_attention_inputs(o: Mapping[str, Any]) -> dict[int, SharedAttentionI
                                    o["n_heads"], d_ff=o["d_ff"], max_seq_len=o["max_seq_len"],
                                    rope_theta=o["rope_theta"], rope=o["position"] == "rope", norm_eps=o["norm_eps"])
               for _ in range(o["shared_attention_blocks"])]
-    return {i: SharedAttentionInput(shared[n % len(shared)], o["d_model"]) for n, i in enumerate(indices)}
+    if o["shared_attention_lora_rank"] < 0:
+        raise ValueError(f"model.shared_attention_lora_rank={o['shared_attention_lora_rank']} must be >= 0 (0: none)")
+    return {i: SharedAttentionInput(shared[n % len(shared)], o["d_model"], o["shared_attention_lora_rank"])
+            for n, i in enumerate(indices)}
 
 
 def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:

@@ -142,8 +142,9 @@ class DecoderLM(nn.Module):
         residual_std = self.init_std / math.sqrt(2 * len(self.blocks))
         for name, param in self.named_parameters():
             last = name.rsplit(".", 1)[-1]
-            if ".router." in name or param.dim() < 2 or last.startswith("b_") or last == "A_log" or ".cores." in name:
-                continue  # routers, vectors, expert biases, Mamba's A and MPO cores keep their own init
+            if (".router." in name or param.dim() < 2 or last.startswith("b_") or last == "A_log"
+                    or ".cores." in name or ".lora." in name):
+                continue  # routers, vectors, expert biases, Mamba's A, MPO cores and LoRA keep their own init
             is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
                                              "w_proj_EFD", "out_proj.weight"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)

@@ -17,6 +17,7 @@ once) count its weights once. Zamba2's per-application LoRA adapters are not imp
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moe.models.attention import Attention
@@ -36,22 +37,51 @@ class SharedAttentionBlock(nn.Module):
         self.norm_mlp = nn.RMSNorm(d_model, eps=norm_eps)
         self.mlp = SwiGLU(d_model=d_model, d_ff=d_ff)
 
-    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """``cache``: this application's keys and values (each application attends over its own inputs)."""
-        attended_BSD = self.attention(self.norm_in(torch.cat((x_BSD, embeds_BSD.to(x_BSD.dtype)), dim=-1)), cache)
-        return self.mlp(self.norm_mlp(attended_BSD))
+    def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor, cache: dict | None = None,
+                lora: nn.ModuleDict | None = None) -> torch.Tensor:
+        """``cache``: this application's keys and values (each application attends over its own inputs);
+        ``lora``: this application's adapters (``q``, ``kv``, ``gate``, ``up``), added to those projections."""
+        h_BSX = self.norm_in(torch.cat((x_BSD, embeds_BSD.to(x_BSD.dtype)), dim=-1))
+        deltas = {} if lora is None else {"delta_q": lora["q"](h_BSX), "delta_kv": lora["kv"](h_BSX)}
+        m_BSD = self.norm_mlp(self.attention(h_BSX, cache, **deltas))
+        gate_BSF, up_BSF = self.mlp.gate(m_BSD), self.mlp.up(m_BSD)
+        if lora is not None:
+            gate_BSF, up_BSF = gate_BSF + lora["gate"](m_BSD), up_BSF + lora["up"](m_BSD)
+        return self.mlp.down(F.silu(gate_BSF) * up_BSF)
+
+
+class LoRA(nn.Module):
+    """x ↦ B A x with A ∈ R^{r×in}, B ∈ R^{out×r}; B starts at zero, so an adapter starts as nothing."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(d_in, rank, bias=False)
+        self.up = nn.Linear(rank, d_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
 
 
 class SharedAttentionInput(nn.Module):
-    """One application of a shared block: ``W_i · shared([x ; e])``, to add to the block mixer's input."""
+    """One application of a shared block: ``W_i · shared([x ; e])``, to add to the block mixer's input; with
+    ``lora_rank`` > 0 also this application's LoRA adapters on the shared q, kv, gate and up projections
+    (Zamba2), so each application of the shared weights can differ a little."""
 
-    def __init__(self, shared: SharedAttentionBlock, d_model: int):
+    def __init__(self, shared: SharedAttentionBlock, d_model: int, lora_rank: int = 0):
         super().__init__()
         self.shared = shared  # the same module in every application: its weights count once
         self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.lora = None
+        if lora_rank:
+            attention, mlp = shared.attention, shared.mlp
+            self.lora = nn.ModuleDict({
+                name: LoRA(linear.in_features, linear.out_features, lora_rank)
+                for name, linear in (("q", attention.q_proj), ("kv", attention.kv_proj), ("gate", mlp.gate),
+                                     ("up", mlp.up))})
 
     def forward(self, x_BSD: torch.Tensor, embeds_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        return self.proj(self.shared(x_BSD, embeds_BSD, cache))
+        return self.proj(self.shared(x_BSD, embeds_BSD, cache, self.lora))
 
 
 def shared_block_indices(*, n_layers: int, every: int | None, offset: int) -> list[int]:

@@ -26,6 +26,8 @@ ARCHITECTURES = {  # every mixer, the positions, and the hybrids' layouts
     "jamba_layout": {"attention": "gqa", "ssm": "mamba", "attention_every": 2, "attention_offset": 1,
                      "position": "none", "mamba_inner_norms": True, "moe_every": 2},
     "zamba_layout": {"attention": "mamba", "shared_attention_every": 2, "shared_attention_offset": 1},
+    "zamba2_layout_lora": {"attention": "mamba2", "mamba_head_dim": 16, "shared_attention_every": 1,
+                           "shared_attention_blocks": 2, "shared_attention_lora_rank": 2},
 }
 
 
@@ -37,7 +39,9 @@ def build(options: dict, router=None):
                           **options)
     with torch.no_grad():  # larger weights than the init, so a wrong position or a stale state shows
         for name, param in model.named_parameters():
-            if param.dim() > 1 and "A_log" not in name:
+            if ".lora." in name and name.endswith("up.weight"):
+                param.normal_(0.0, 0.3)  # adapters away from their zero start
+            elif param.dim() > 1 and "A_log" not in name:
                 param.mul_(4.0)
     return model.eval()
 

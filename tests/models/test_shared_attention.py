@@ -113,3 +113,22 @@ def test_a_shared_attention_model_is_refused_by_the_hf_export(tmp_path):
     with pytest.raises(ValueError, match="model.shared_attention_every is set"):
         save_hf(build(shared_attention_every=2).float(), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_lora_adapters_start_as_nothing_and_make_each_application_its_own():
+    with_lora, plain = build(shared_attention_lora_rank=2), build()
+    missing, unexpected = plain.load_state_dict(with_lora.state_dict(), strict=False)
+    assert not missing and all(".lora." in key for key in unexpected)
+    with torch.no_grad():
+        torch.testing.assert_close(with_lora(IDS).logits, plain(IDS).logits, rtol=0, atol=0)  # B = 0 at init
+    first, second = with_lora.blocks[1].mixer_input, with_lora.blocks[3].mixer_input
+    assert first.lora is not second.lora and first.shared is second.shared
+    x_BSD, e_BSD = torch.randn(2, 16, 32, dtype=torch.float64), torch.randn(2, 16, 32, dtype=torch.float64)
+    with torch.no_grad():
+        second.proj.weight.copy_(first.proj.weight)
+        torch.testing.assert_close(first(x_BSD, e_BSD), second(x_BSD, e_BSD))  # same weights, same output
+        for adapter in first.lora.values():
+            adapter.up.weight.normal_()
+        assert not torch.allclose(first(x_BSD, e_BSD), second(x_BSD, e_BSD))
+    lora_params = sum(p.numel() for p in first.lora.parameters())
+    assert lora_params == 2 * (64 + 64) + 2 * (64 + 64) + 2 * 2 * (32 + 48)  # rank 2: q, kv 64->64, gate, up 32->48
