@@ -88,3 +88,22 @@ CASES = {  # name: (model/router options, the HF model_type save_hf should pick)
                           "logits_scaling": 4.0}, "granitemoehybrid"),
     "granitemoehybrid_rope_no_shared_expert": ({**GRANITE, "position": "rope"}, "granitemoehybrid"),
 }
+
+
+def randomise_weights(model: torch.nn.Module) -> None:
+    """Every tensor of a HF model or ours random (Mamba's A_log kept): norms away from 1, routers sharp
+    enough to pick distinct experts, so a dropped, transposed or mis-scaled tensor changes the logits."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("A_log"):
+                continue
+            scale = 1.0 if "router" in name or "scorer" in name else 0.2
+            param.copy_((1.0 if "norm" in name else 0.0) + scale * torch.randn_like(param))
+
+
+def assert_same_logits(ours, theirs, vocab_size: int) -> None:
+    """Our logits equal transformers' on random ids within 1e-4 relative (float32)."""
+    ids = torch.randint(0, vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        torch.testing.assert_close(ours(ids).logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import compose
+from hf_cases import assert_same_logits, randomise_weights
 
 from moe import load_model
 from moe.interop import save_hf
@@ -15,22 +16,6 @@ from moe.models.build import build_model
 from moe.models.mamba2 import Mamba2Mixer
 
 transformers = pytest.importorskip("transformers")
-
-
-def randomise(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("A_log"):
-                continue
-            scale = 1.0 if "router" in name or "scorer" in name else 0.2
-            param.copy_((1.0 if "norm" in name else 0.0) + scale * torch.randn_like(param))
-
-
-def assert_same_logits(ours, theirs, vocab_size: int) -> None:
-    ids = torch.randint(0, vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = theirs(ids).logits
-        torch.testing.assert_close(ours(ids).logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("experts, rope, tied", [(4, None, True), (4, "rope", False), (0, None, False)],
@@ -45,7 +30,7 @@ def test_a_granite_hybrid_checkpoint_loads_with_its_logits(tmp_path, experts, ro
         attention_multiplier=0.125, router_aux_loss_coef=0.01)
     torch.manual_seed(0)
     theirs = transformers.GraniteMoeHybridForCausalLM(cfg).eval()
-    randomise(theirs)
+    randomise_weights(theirs)
     theirs.save_pretrained(tmp_path / "granite", safe_serialization=True)
     ours = load_model(tmp_path / "granite")
     assert [type(b.mixer) for b in ours.blocks] == [Mamba2Mixer, Attention, Mamba2Mixer, Mamba2Mixer]
@@ -61,7 +46,7 @@ def test_a_mamba2_hybrid_moe_exports_to_granite_with_its_logits(tmp_path):
                      "model.mixer_layers=[mamba2,gqa,mamba2,mamba2]", "model.mamba_head_dim=16",
                      "model.mamba_d_state=8", "++model.position=none", "model.logits_scaling=2.0")
     ours = build_model(config).eval()
-    randomise(ours)
+    randomise_weights(ours)
     save_hf(ours, tmp_path / "hf", config=config)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(theirs).__name__ == "GraniteMoeHybridForCausalLM"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import compose
+from hf_cases import assert_same_logits, randomise_weights
 
 from moe import load_model
 from moe.interop import save_hf
@@ -14,21 +15,6 @@ from moe.models.build import build_model
 from moe.models.moa import MixtureOfAttentionHeads
 
 transformers = pytest.importorskip("transformers")
-
-
-def randomise(model: torch.nn.Module) -> None:
-    """Every tensor counts: norms away from 1, biases non-zero, routers sharp enough to pick distinct experts."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            scale = 1.0 if "router" in name or "scorer" in name else 0.2
-            param.copy_((1.0 if "norm" in name else 0.0) + scale * torch.randn_like(param))
-
-
-def assert_same_logits(ours, theirs, vocab_size: int) -> None:
-    ids = torch.randint(0, vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = theirs(ids).logits
-        torch.testing.assert_close(ours(ids).logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("tied, rms_norm_eps", [(True, 1e-6), (False, 1e-5)], ids=["tied", "untied_final_eps"])
@@ -39,7 +25,7 @@ def test_a_jetmoe_checkpoint_loads_with_its_logits(tmp_path, tied, rms_norm_eps)
         rms_norm_eps=rms_norm_eps, tie_word_embeddings=tied, aux_loss_coef=0.01)
     torch.manual_seed(0)
     theirs = transformers.JetMoeForCausalLM(cfg).eval()
-    randomise(theirs)
+    randomise_weights(theirs)
     theirs.save_pretrained(tmp_path / "jetmoe", safe_serialization=True)
     ours = load_model(tmp_path / "jetmoe")
     assert all(isinstance(b.mixer, MixtureOfAttentionHeads) and b.is_moe for b in ours.blocks)
@@ -54,7 +40,7 @@ def test_a_moa_tiny_model_exports_to_transformers_with_its_logits(tmp_path):
                      "model.num_experts=4", "model.moa_num_experts=4", "model.num_shared_experts=0",
                      "model.max_seq_len=64", "model.moe_output_bias=true")
     ours = build_model(config).eval()
-    randomise(ours)
+    randomise_weights(ours)
     save_hf(ours, tmp_path / "hf", config=config)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(theirs).__name__ == "JetMoeForCausalLM" and theirs.config.num_key_value_heads == 3
