@@ -29,7 +29,7 @@ def apply_rope(x_BHSd: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor)
 
 def cached_length(cache: dict | None) -> int:
     """Tokens an attention cache holds (0 without one)."""
-    return 0 if not cache else cache["k"].shape[-2]
+    return 0 if cache is None or "k" not in cache else cache["k"].shape[-2]
 
 
 def extend_cache(cache: dict | None, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -42,10 +42,35 @@ def extend_cache(cache: dict | None, **new: torch.Tensor) -> tuple[torch.Tensor,
     return tuple(cache[name] for name in new)
 
 
-def causal_attention(q_BHSd: torch.Tensor, k_BJKd: torch.Tensor, v_BJKv: torch.Tensor, **kwargs) -> torch.Tensor:
+def left_pads(cache: dict | None) -> torch.Tensor | None:
+    """pads_B, the left-padding tokens of each sequence of a padded decode batch (None: no padding)."""
+    return None if cache is None else cache.get("pads_B")
+
+
+def rope_tables(cos_SR: torch.Tensor, sin_SR: torch.Tensor, cache: dict | None, S: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RoPE rows of the S new tokens: positions start .. start + S − 1 after the cached tokens, or, in a
+    left-padded batch, each sequence's own positions counted from its first real token ([B, 1, S, R])."""
+    start, pads_B = cached_length(cache), left_pads(cache)
+    if pads_B is None:
+        return cos_SR[start:start + S], sin_SR[start:start + S]
+    positions_BS = (torch.arange(start, start + S, device=pads_B.device) - pads_B[:, None]).clamp_min(0)
+    return cos_SR[positions_BS].unsqueeze(1), sin_SR[positions_BS].unsqueeze(1)
+
+
+def causal_attention(q_BHSd: torch.Tensor, k_BJKd: torch.Tensor, v_BJKv: torch.Tensor,
+                     pads_B: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Causal SDPA where the S queries are the last S of the K keys' positions (K > S after a cache):
-    query i sees keys 0 .. K − S + i."""
+    query i sees keys 0 .. K − S + i. With ``pads_B`` (a left-padded batch) no query sees a padding key,
+    except a padding query itself (so its row is not empty; its output is never read)."""
     S, K = q_BHSd.shape[-2], k_BJKd.shape[-2]
+    if pads_B is not None:
+        key_K = torch.arange(K, device=q_BHSd.device)
+        query_S = key_K[K - S:]
+        visible_SK = key_K <= query_S[:, None]
+        real_BK = key_K >= pads_B[:, None]
+        mask_BSK = (visible_SK & real_BK[:, None, :]) | (key_K == query_S[:, None])
+        return F.scaled_dot_product_attention(q_BHSd, k_BJKd, v_BJKv, attn_mask=mask_BSK[:, None], **kwargs)
     if S == K:
         return F.scaled_dot_product_attention(q_BHSd, k_BJKd, v_BJKv, is_causal=True, **kwargs)
     if S == 1:  # one new token sees every key
@@ -132,8 +157,9 @@ class Attention(nn.Module):
             q_BHSd = self.q_norm(q_BHSd.float()).to(q_BHSd.dtype)
             k_BJSd = self.k_norm(k_BJSd.float()).to(k_BJSd.dtype)
         if self.rope:
-            cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
-            q_BHSd, k_BJSd = apply_rope(q_BHSd, cos_SR, sin_SR), apply_rope(k_BJSd, cos_SR, sin_SR)
+            cos, sin = rope_tables(self.rope_cos_SR, self.rope_sin_SR, cache, S)
+            q_BHSd, k_BJSd = apply_rope(q_BHSd, cos, sin), apply_rope(k_BJSd, cos, sin)
         k_BJSd, v_BJSd = extend_cache(cache, k=k_BJSd, v=v_BJSd)
-        out_BHSd = causal_attention(q_BHSd, k_BJSd, v_BJSd, enable_gqa=self.n_kv_heads != self.n_heads)
+        out_BHSd = causal_attention(q_BHSd, k_BJSd, v_BJSd, left_pads(cache),
+                                    enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out_BHSd.transpose(1, 2).reshape(B, S, -1))

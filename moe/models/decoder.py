@@ -149,14 +149,15 @@ class DecoderLM(nn.Module):
                                              "w_proj_EFD", "out_proj.weight"))
             nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
 
-    def decode_state(self) -> DecodeState:
-        """A fresh state for incremental decoding (``forward(ids, state=...)``); refuses routers that choose
-        tokens per expert from the whole batch, whose choice for a token depends on later ones."""
+    def decode_state(self, pads_B: torch.Tensor | None = None) -> DecodeState:
+        """A fresh state for incremental decoding (``forward(ids, state=...)``); ``pads_B``: the left padding
+        of each sequence of a batch of prompts of different lengths. Refuses routers that choose tokens per
+        expert from the whole batch, whose choice for a token depends on later ones."""
         for layer in self.moe_layers:
             if getattr(layer.router, "top_k", None) is None:
                 raise ValueError(f"{type(layer.router).__name__} picks tokens per expert across the sequence: "
                                  f"incremental decoding would route differently; use a token-choice router")
-        return DecodeState()
+        return DecodeState(pads_B=pads_B)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 state: DecodeState | None = None) -> ModelOutput:
@@ -171,7 +172,10 @@ class DecoderLM(nn.Module):
             if start + input_ids.shape[1] > self.max_seq_len:
                 raise ValueError(f"sequence length {start + input_ids.shape[1]} exceeds model.max_seq_len="
                                  f"{self.max_seq_len}")
-            x_BSD = x_BSD + self.pos_embed(torch.arange(start, start + input_ids.shape[1], device=input_ids.device))
+            positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+            if state is not None and state.pads_B is not None:  # each sequence counts from its first real token
+                positions = (positions - state.pads_B[:, None]).clamp_min(0)
+            x_BSD = x_BSD + self.pos_embed(positions)
         embeds_BSD = x_BSD
         out = ModelOutput(logits=x_BSD)
         for i, block in enumerate(self.blocks):

@@ -89,15 +89,22 @@ def causal_conv(conv1d: nn.Conv1d, x_BSX: torch.Tensor, cache: dict | None = Non
     cached last d_conv − 1 inputs ("conv", [B, X, d_conv − 1], zeros at first) stand in for the left padding
     and the last d_conv − 1 inputs are kept for the next call."""
     S = x_BSX.shape[1]
-    x_BXS = x_BSX.transpose(1, 2)
     if cache is None:
-        return conv1d(x_BXS)[..., :S].transpose(1, 2)
+        return conv1d(x_BSX.transpose(1, 2))[..., :S].transpose(1, 2)
+    real_BS1 = None
+    if cache.get("pads_B") is not None:  # a left-padded batch: padding is zeros before and after the conv,
+        seen = cache.get("seen", 0)      # so the state stays zero until each sequence's first real token
+        positions_S = torch.arange(seen, seen + S, device=x_BSX.device)
+        real_BS1 = (positions_S >= cache["pads_B"][:, None]).unsqueeze(-1)
+        x_BSX = x_BSX * real_BS1
+    cache["seen"] = cache.get("seen", 0) + S
+    x_BXS = x_BSX.transpose(1, 2)
     width = conv1d.kernel_size[0] - 1
     past_BXW = cache.get("conv", x_BXS.new_zeros(*x_BXS.shape[:2], width))
     window_BXT = torch.cat((past_BXW.to(x_BXS.dtype), x_BXS), dim=-1)  # T = width + S
     cache["conv"] = window_BXT[..., window_BXT.shape[-1] - width:]
-    out_BXS = F.conv1d(window_BXT, conv1d.weight, conv1d.bias, groups=conv1d.groups)
-    return out_BXS.transpose(1, 2)
+    out_BSX = F.conv1d(window_BXT, conv1d.weight, conv1d.bias, groups=conv1d.groups).transpose(1, 2)
+    return out_BSX if real_BS1 is None else out_BSX * real_BS1
 
 
 class MambaMixer(nn.Module):

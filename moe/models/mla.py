@@ -26,7 +26,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from moe.models.attention import apply_rope, cached_length, causal_attention, extend_cache, rope_cos_sin
+from moe.models.attention import (
+    apply_rope,
+    cached_length,
+    causal_attention,
+    extend_cache,
+    left_pads,
+    rope_cos_sin,
+    rope_tables,
+)
 
 
 def check_mla_sizes(*, q_lora_rank: int | None, kv_lora_rank: int | None, qk_nope_head_dim: int | None,
@@ -103,9 +111,9 @@ class MLAttention(nn.Module):
         q_nope_BHSn, q_rope_BHSr = q_BSX.view(B, S, H, n + r).transpose(1, 2).split((n, r), dim=-1)
 
         ckv_BSC, k_rope_BSr = self.kv_a_proj(x_BSD).split((self.kv_lora_rank, r), dim=-1)
-        cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
-        q_rope_BHSr = apply_rope(q_rope_BHSr, cos_SR, sin_SR)
-        k_rope_B1Sr = apply_rope(k_rope_BSr.unsqueeze(1), cos_SR, sin_SR)  # one rope key shared by all heads
+        cos, sin = rope_tables(self.rope_cos_SR, self.rope_sin_SR, cache, S)
+        q_rope_BHSr = apply_rope(q_rope_BHSr, cos, sin)
+        k_rope_B1Sr = apply_rope(k_rope_BSr.unsqueeze(1), cos, sin)  # one rope key shared by all heads
         ckv_BKC, k_rope_B1Kr = extend_cache(cache, k=ckv_BSC, k_rope=k_rope_B1Sr)  # K = cached + new tokens
         K = ckv_BKC.shape[1]
         kv_BKY = self.kv_b_proj(self._norm(self.kv_a_norm, ckv_BKC))
@@ -114,7 +122,7 @@ class MLAttention(nn.Module):
         q_BHSq = torch.cat((q_nope_BHSn, q_rope_BHSr), dim=-1)
         k_BHKq = torch.cat((k_nope_BHKn, k_rope_B1Kr.expand(B, H, K, r)), dim=-1)
         # SDPA allows a value head size (v_head_dim) different from the query/key one
-        out_BHSv = causal_attention(q_BHSq, k_BHKq, v_BHKv, scale=self.scale)
+        out_BHSv = causal_attention(q_BHSq, k_BHKq, v_BHKv, left_pads(cache), scale=self.scale)
         return self.o_proj(out_BHSv.transpose(1, 2).reshape(B, S, H * self.v_dim))
 
     def extra_repr(self) -> str:

@@ -22,7 +22,15 @@ import torch
 from torch import nn
 
 from moe.layer import LayerAux, MoELayer
-from moe.models.attention import apply_rope, cached_length, causal_attention, extend_cache, rope_cos_sin
+from moe.models.attention import (
+    apply_rope,
+    cached_length,
+    causal_attention,
+    extend_cache,
+    left_pads,
+    rope_cos_sin,
+    rope_tables,
+)
 from moe.types import Routing
 
 
@@ -94,13 +102,12 @@ class MixtureOfAttentionHeads(MoELayer):
     def attend(self, x_BSD: torch.Tensor, routing: Routing, cache: dict | None = None) -> torch.Tensor:
         """y_TD = Σ_j w_j · o_{t,j} W_o,e_j for every token (before the output bias)."""
         B, S, D = x_BSD.shape
-        start = cached_length(cache)
         T, h, d = B * S, self.heads, self.head_dim
         slot_N, K = assignment_slots(routing.token_ids_N, T)
         k_BhSd, v_BhSd = self.kv_proj(x_BSD).view(B, S, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope:
-            cos_SR, sin_SR = self.rope_cos_SR[start:start + S], self.rope_sin_SR[start:start + S]
-            k_BhSd = apply_rope(k_BhSd, cos_SR, sin_SR)
+            cos, sin = rope_tables(self.rope_cos_SR, self.rope_sin_SR, cache, S)
+            k_BhSd = apply_rope(k_BhSd, cos, sin)
         k_BhKd, v_BhKd = extend_cache(cache, k=k_BhSd, v=v_BhSd)  # K = cached + new positions
         if K == 0:  # no token routed anywhere (ReLU routing can switch every gate off): no attention output
             return x_BSD.new_zeros(T, D) + 0.0 * self.experts.w_o_EXD.sum()
@@ -114,8 +121,9 @@ class MixtureOfAttentionHeads(MoELayer):
         # pairs it with key/value head i, as JetMoE's repeated K/V do
         q_BQSd = q_RX.view(B, S, K, h, d).permute(0, 3, 2, 1, 4).reshape(B, h * K, S, d)
         if self.rope:
-            q_BQSd = apply_rope(q_BQSd, cos_SR, sin_SR)
-        out_BQSd = causal_attention(q_BQSd, k_BhKd.to(q_BQSd.dtype), v_BhKd.to(q_BQSd.dtype), enable_gqa=K > 1)
+            q_BQSd = apply_rope(q_BQSd, cos, sin)
+        out_BQSd = causal_attention(q_BQSd, k_BhKd.to(q_BQSd.dtype), v_BhKd.to(q_BQSd.dtype), left_pads(cache),
+                                    enable_gqa=K > 1)
         out_RX = out_BQSd.view(B, h, K, S, d).permute(0, 3, 2, 1, 4).reshape(T * K, h * d)
         y_ND = per_expert_matmul(out_RX.index_select(0, row_N), self.experts.w_o_EXD, counts_E)
         scaled_ND = y_ND * weight_N.to(y_ND.dtype).unsqueeze(-1)

@@ -66,7 +66,7 @@ def test_the_state_holds_what_each_mixer_needs():
     model = build(ARCHITECTURES["zamba_layout"])
     with torch.no_grad():
         model(torch.randint(0, V, (2, 5)), state=state)
-    assert set(state.caches["0"]) == {"conv", "ssm"} and state.caches["0"]["conv"].shape == (2, 64, 3)
+    assert set(state.caches["0"]) == {"conv", "seen", "ssm"} and state.caches["0"]["conv"].shape == (2, 64, 3)
     assert set(state.caches["1.input"]) == {"k", "v"} and state.caches["1.input"]["k"].shape[-2] == 5
     assert state.caches["0.input"] == {}  # block 0 applies no shared block
 
