@@ -1,7 +1,7 @@
 """Generate text from a moe-lab run or checkpoint, or a Hugging Face model directory, with its tokenizer.
 
     python eval/generate.py RUN_DIR_OR_HF_DIR --prompt "def fib(n):" [--prompt ...] [--max-new-tokens 64]
-        [--temperature 0] [--top-k K] [--top-p P] [--seed 0] [--no-stop]
+        [--temperature 0] [--top-k K] [--top-p P] [--seed 0] [--no-stop] [--scmoe-beta 0.5 --scmoe-rank 2]
 
 The tokenizer is the one the model was trained with: a tokenizer.json in the directory, else the run's
 ``data.tokenizer``, else moe-lab's bytes. Generation stops at the tokenizer's end-of-document token
@@ -19,6 +19,7 @@ import torch
 from moe.data.tokenizer import load_tokenizer
 from moe.generation import check_sampling, generate
 from moe.loading import load_model
+from moe.scmoe import SCMoE
 from moe.upcycle.source_backbone import source_tokenizer
 
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-document token")
+    parser.add_argument("--scmoe-beta", type=float, default=None,
+                        help="self-contrast decoding (SCMoE) with this β (off when absent)")
+    parser.add_argument("--scmoe-rank", type=int, default=2, help="SCMoE's weak pass: each token's r-th expert")
+    parser.add_argument("--scmoe-alpha", type=float, default=0.1, help="SCMoE's plausibility cutoff α")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
@@ -39,9 +44,11 @@ def main(argv: list[str] | None = None) -> list[str]:
         tokenizer = load_tokenizer(source_tokenizer(args.path))
         model = load_model(args.path, device=args.device)
         prompts = [tokenizer.encode(text) for text in args.prompt]
+        scmoe = None if args.scmoe_beta is None else SCMoE(beta=args.scmoe_beta, alpha=args.scmoe_alpha,
+                                                           rank=args.scmoe_rank)
         outputs = generate(model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                           stop_tokens=() if args.no_stop else (tokenizer.eos_id,))
+                           stop_tokens=() if args.no_stop else (tokenizer.eos_id,), scmoe=scmoe)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"generate.py: error: {err}")
     texts = [tokenizer.decode(ids) for ids in outputs]

@@ -12,6 +12,7 @@ Sampling per step, on the last position's logits z:
   the smallest set of most probable tokens whose probability reaches p; Holtzman et al. 1904.09751),
   drawn with a seeded generator.
 A sequence stops after emitting one of ``stop_tokens`` (which is kept) or after ``max_new_tokens``.
+With ``scmoe`` the logits sampled from are SCMoE's contrast of a strong and a weak pass (moe/scmoe.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from moe.scmoe import SCMoE, contrast_logits, weak_routing
 
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
@@ -60,9 +63,13 @@ def next_tokens(logits_BV: torch.Tensor, *, temperature: float = 0.0, top_k: int
 @torch.no_grad()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             stop_tokens: Sequence[int] = (), pad_id: int = 0, seed: int = 0) -> list[list[int]]:
-    """The new tokens of every prompt (a stop token included when one ends it), with the model in eval mode."""
+             stop_tokens: Sequence[int] = (), pad_id: int = 0, seed: int = 0,
+             scmoe: SCMoE | None = None) -> list[list[int]]:
+    """The new tokens of every prompt (a stop token included when one ends it), with the model in eval mode.
+    ``scmoe``: self-contrast decoding (moe/scmoe.py), a weak pass with its own decode state each step."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    if scmoe is not None:
+        scmoe.check(model)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -80,8 +87,19 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     was_training = model.training
     model.eval()
     try:
-        state = model.decode_state(pads_B if bool(pads_B.any()) else None)
-        logits_BV = model(ids_BL, state=state).logits[:, -1]
+        pads = pads_B if bool(pads_B.any()) else None
+        state = model.decode_state(pads)
+        weak = None if scmoe is None else model.decode_state(pads)
+
+        def step_logits(ids_BS: torch.Tensor) -> torch.Tensor:
+            strong_BV = model(ids_BS, state=state).logits[:, -1]
+            if scmoe is None:
+                return strong_BV
+            with weak_routing(model, scmoe.rank):
+                weak_BV = model(ids_BS, state=weak).logits[:, -1]
+            return contrast_logits(strong_BV, weak_BV, beta=scmoe.beta, alpha=scmoe.alpha)
+
+        logits_BV = step_logits(ids_BL)
         generator = torch.Generator(device=device).manual_seed(seed)
         stops = set(int(t) for t in stop_tokens)
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -94,7 +112,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
                     done[b] = token in stops
             if all(done) or step == max_new_tokens - 1:
                 break
-            logits_BV = model(ids_B[:, None], state=state).logits[:, -1]
+            logits_BV = step_logits(ids_B[:, None])
     finally:
         model.train(was_training)
     return outputs

@@ -100,6 +100,8 @@ class MoELayer(nn.Module):
         self.shared_expert = shared_expert
         self.layer_index = layer_index
         self.bias_D = nn.Parameter(torch.zeros(router.d_model)) if output_bias else None
+        # a function of the router's Routing that replaces it (SCMoE's weak pass, moe/scmoe.py); None: as routed
+        self.routing_override = None
 
     def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
                 defer_sums: bool = False) -> tuple[torch.Tensor, LayerAux]:
@@ -122,6 +124,8 @@ class MoELayer(nn.Module):
             routing = self.router(x_TD, token_ids_BS.reshape(-1))
         else:
             routing = self.router(x_TD)
+        if self.routing_override is not None:
+            routing = self.routing_override(routing)
         capacity_factor = self.capacity_factor if self.training else self.eval_capacity_factor
         if capacity_factor is not None:
             routing = drop_over_capacity(routing, capacity_factor=capacity_factor, drop_policy=self.drop_policy)

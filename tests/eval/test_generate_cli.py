@@ -26,3 +26,14 @@ def test_a_prompt_longer_than_the_model_allows_fails_in_one_line(tiny_run):
         main([str(run_dir), "--prompt", "x" * 70, "--max-new-tokens", "8"])
     with pytest.raises(SystemExit, match="top_p=2.0 must lie in"):
         main([str(run_dir), "--prompt", "x", "--top-p", "2"])
+
+
+def test_scmoe_from_the_command_line(tiny_run):
+    from moe.scmoe import SCMoE
+
+    run_dir, _ = tiny_run
+    texts = main([str(run_dir), "--prompt", "def ", "--max-new-tokens", "6", "--no-stop", "--scmoe-beta", "0.5"])
+    expected = generate(load_model(run_dir), [ByteTokenizer().encode("def ")], max_new_tokens=6, scmoe=SCMoE())
+    assert texts == [ByteTokenizer().decode(expected[0])]
+    with pytest.raises(SystemExit, match=r"scmoe rank=99 must lie in \[1, "):
+        main([str(run_dir), "--prompt", "x", "--scmoe-beta", "0.5", "--scmoe-rank", "99"])
