@@ -39,8 +39,10 @@ def exact_match(model, pairs, *, scmoe: SCMoE | None, batch: int = 32) -> float:
     newline = tokenizer.encode("\n")[0]
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
-        outputs = generate(model, [tokenizer.encode(prompt) for prompt, _ in chunk], max_new_tokens=12,
-                           stop_tokens=[newline], scmoe=scmoe)
+        prompts = [tokenizer.encode(prompt) for prompt, _ in chunk]
+        # an answer has at most 8 characters and a newline; a short-context model gets what fits
+        room = min(12, model.max_seq_len - max(len(p) for p in prompts))
+        outputs = generate(model, prompts, max_new_tokens=room, stop_tokens=[newline], scmoe=scmoe)
         correct += sum(tokenizer.decode(out).strip() == answer for out, (_, answer) in zip(outputs, chunk, strict=True))
     return correct / len(pairs)
 
