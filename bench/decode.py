@@ -1,6 +1,7 @@
 """Decoding speed with and without the decode state: tokens/s of greedy generation after a long prompt.
 
-    .venv/bin/python bench/decode.py [--model moe_tiny] [--context 512] [--new 32] [--batch 1] [--json PATH]
+    .venv/bin/python bench/decode.py [--model moe_tiny] [--context 512] [--new 32] [--batch 1] [--bits 8]
+                                     [--json PATH]
 
 The model is built from configs/model/NAME.yaml with ``max_seq_len`` raised to context + new, random
 weights (speed does not depend on them). ``cached``: moe.generation.generate (one prefill, then one
@@ -24,6 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import compose  # noqa: E402  (the configs as train.py composes them)
 
 from moe.generation import generate  # noqa: E402
+from moe.quantize import quantize_experts  # noqa: E402
 from moe.models.build import build_model  # noqa: E402
 
 
@@ -41,11 +43,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--bits", default=None, help="quantize the routed experts first: 8, 4, 2 or ternary")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     config = compose(f"model={args.model}", f"model.max_seq_len={args.context + args.new}", "logger=none")
     model = build_model(config).eval()
+    if args.bits is not None:
+        model = quantize_experts(model, bits=args.bits if args.bits == "ternary" else int(args.bits))
     prompts = torch.randint(0, 256, (args.batch, args.context), generator=torch.Generator().manual_seed(1)).tolist()
     rows = {}
     for name, run in (("cached", lambda: generate(model, prompts, max_new_tokens=args.new)),
@@ -55,7 +60,7 @@ def main() -> None:
         tokens = run()
         rows[name] = {"seconds": time.perf_counter() - start, "tokens": tokens}
     assert rows["cached"]["tokens"] == rows["uncached"]["tokens"], "the cache changed the greedy tokens"
-    result = {"model": args.model, "context": args.context, "new": args.new, "batch": args.batch,
+    result = {"model": args.model, "bits": args.bits, "context": args.context, "new": args.new, "batch": args.batch,
               **{f"{name}_tokens_per_s": args.batch * args.new / row["seconds"] for name, row in rows.items()}}
     result["speedup"] = result["cached_tokens_per_s"] / result["uncached_tokens_per_s"]
     print(json.dumps(result))

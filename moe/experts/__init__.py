@@ -7,6 +7,7 @@ from moe.experts.capacity import CapacityExperts
 from moe.experts.grouped import GroupedExperts
 from moe.experts.loop import LoopExperts
 from moe.experts.mpo import MPOExperts
+from moe.experts.quantized import QuantizedExperts
 from moe.experts.swiglu import SwiGLUExperts
 
-__all__ = ["CapacityExperts", "GroupedExperts", "LoopExperts", "MPOExperts", "SwiGLUExperts"]
+__all__ = ["CapacityExperts", "GroupedExperts", "LoopExperts", "MPOExperts", "QuantizedExperts", "SwiGLUExperts"]
