@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import compose  # noqa: E402  (the configs as train.py composes them)
 
 from moe.generation import generate  # noqa: E402
-from moe.quantize import quantize_experts  # noqa: E402
 from moe.models.build import build_model  # noqa: E402
+from moe.quantize import quantize_experts  # noqa: E402
 
 
 @torch.no_grad()
