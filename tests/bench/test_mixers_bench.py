@@ -27,3 +27,11 @@ def test_the_decode_bench_checks_that_the_cache_keeps_the_tokens(tmp_path):
     result = json.loads(out.read_text())
     assert result["context"] == 16 and result["speedup"] == result["cached_tokens_per_s"] / result[
         "uncached_tokens_per_s"]
+
+
+def test_the_decode_bench_reports_offloading(tmp_path):
+    out = tmp_path / "decode.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "decode.py"), "--context", "16", "--new", "4", "--offload",
+                    "2", "--json", str(out)], check=True, capture_output=True, cwd=REPO)
+    result = json.loads(out.read_text())
+    assert result["offload"] == 2 and 0 <= result["hit_rate"] <= 1 and result["bytes_read_per_token"] > 0

@@ -1,0 +1,148 @@
+"""Expert offloading for inference (Eliseev & Mazur 2312.17238, "Fast inference of MoE language models with
+offloading"): the routed experts live in a slower tier and only ``resident`` of each layer's experts are
+held in fast memory, in an LRU cache; each layer speculatively prefetches the next layer's likely experts
+by applying that layer's router to its own input (the hidden state changes little from layer to layer).
+
+Here the slow tier is a safetensors file on disk, read through safetensors' memory map (on a GPU the same
+code would keep the file's tensors in CPU memory and move them to the device). A forward:
+
+1. routes as usual; the experts it needs that are not resident are read from the file (a *miss*), the
+   least recently used evicted to keep ``resident`` (the experts this forward needs stay until it ends);
+2. runs the dispatch over the experts it needs only (their rows are contiguous after the sort);
+3. prefetches into the next MoE layer's cache the top-k experts its router picks for this input.
+
+The outputs are those of the resident model (tests/test_offload.py). ``OffloadStats`` counts hits, misses,
+bytes read, and the prefetches' precision (prefetched experts that the next layer then used) and recall
+(used experts that had been prefetched).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from moe.experts.permute import combine, gather_rows, sort_by_expert
+from moe.experts.swiglu import PARAMETERS, SwiGLUExperts, compute_dtype
+
+
+@dataclass
+class OffloadStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    prefetched: int = 0         # experts read ahead of need
+    prefetched_used: int = 0    # of them, used by the forward they were read for
+    used_after_prefetch: int = 0  # experts used by forwards that followed a prefetch
+
+    def summary(self, tokens: int) -> dict[str, float]:
+        lookups = self.hits + self.misses
+        return {"hit_rate": self.hits / lookups if lookups else float("nan"),
+                "prefetch_precision": self.prefetched_used / self.prefetched if self.prefetched else float("nan"),
+                "prefetch_recall": (self.prefetched_used / self.used_after_prefetch if self.used_after_prefetch
+                                    else float("nan")),
+                "bytes_read_per_token": self.bytes_read / tokens if tokens else float("nan")}
+
+
+class OffloadedExperts(nn.Module):
+    """A layer's experts read on demand from ``path`` (tensors ``{name}.{e}``), ``resident`` of them cached."""
+
+    def __init__(self, experts: SwiGLUExperts, path: Path, resident: int, stats: OffloadStats):
+        super().__init__()
+        self.num_experts, self.activation = experts.num_experts, experts.activation
+        self.d_model, self.d_ff = experts.d_model, experts.d_ff
+        self.names = PARAMETERS[experts.activation]
+        self.expert_outputs = experts.expert_outputs  # the same dispatch as the resident experts
+        self.path, self.resident, self.stats = path, resident, stats
+        self.cache: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
+        self.prefetched: set[int] = set()
+        self.next_layer: nn.Module | None = None  # the next MoE layer, whose experts this one prefetches
+        self.device = next(experts.parameters()).device
+
+    def _read(self, e: int) -> tuple[torch.Tensor, ...]:
+        with safe_open(str(self.path), framework="pt", device=str(self.device)) as f:
+            weights = tuple(f.get_tensor(f"{name}.{e}") for name in self.names)
+        self.stats.bytes_read += sum(w.numel() * w.element_size() for w in weights)
+        return weights
+
+    def fetch(self, experts: list[int], *, keep: set[int]) -> None:
+        """Make ``experts`` resident (reading the missing ones), then evict the least recently used beyond
+        ``resident`` that are not in ``keep``."""
+        for e in experts:
+            if e in self.cache:
+                self.cache.move_to_end(e)
+            else:
+                self.cache[e] = self._read(e)
+        for e in list(self.cache):
+            if len(self.cache) <= self.resident:
+                break
+            if e not in keep:
+                del self.cache[e]
+
+    def prefetch(self, experts: list[int]) -> None:
+        new = [e for e in experts if e not in self.cache]
+        self.stats.prefetched += len(new)
+        self.prefetched = set(new)
+        self.fetch(new, keep=set(new))
+
+    def forward(self, x_TD: torch.Tensor, routing) -> torch.Tensor:
+        used = routing.tokens_per_expert_E.nonzero().flatten().tolist()
+        for e in used:
+            if e in self.cache:
+                self.stats.hits += 1
+            else:
+                self.stats.misses += 1
+        if self.prefetched:
+            self.stats.prefetched_used += len(self.prefetched & set(used))
+            self.stats.used_after_prefetch += len(used)
+            self.prefetched = set()
+        self.fetch(used, keep=set(used))
+        dtype = compute_dtype(x_TD)
+        stacks = tuple(torch.stack([self.cache[e][k] for e in used]).to(dtype) for k in range(len(self.names)))
+        sorted_ = sort_by_expert(routing)
+        out_ND = self.expert_outputs(gather_rows(x_TD, sorted_, dtype), sorted_.tokens_per_expert_E[used], stacks)
+        if self.next_layer is not None:  # the next layer's router on this input: its likely experts
+            with torch.no_grad():
+                guess = self.next_layer.router(x_TD)
+            self.next_layer.experts.prefetch(guess.tokens_per_expert_E.nonzero().flatten().tolist())
+        return combine(out_ND, sorted_, x_TD.shape[0])
+
+
+def offload_experts(model: nn.Module, *, resident: int, store: str | Path, prefetch: bool = True) -> OffloadStats:
+    """Move every MoE FFN's routed experts of ``model`` into safetensors files in the new directory ``store``
+    and replace them by :class:`OffloadedExperts` keeping ``resident`` per layer. Returns the shared stats."""
+    layers = [block.ffn for block in model.blocks if block.is_moe]
+    if not layers:
+        raise ValueError("the model has no routed FFN experts to offload (a dense model?)")
+    for layer in layers:
+        experts = layer.experts
+        if not isinstance(experts, SwiGLUExperts) or not hasattr(experts, PARAMETERS[experts.activation][0]):
+            raise ValueError(f"experts {type(experts).__name__} hold no plain weight stacks to offload")
+        if getattr(layer.router, "top_k", None) is None:
+            raise ValueError(f"offloading needs token-choice routing; {type(layer.router).__name__} is not")
+        if isinstance(resident, bool) or not isinstance(resident, int) or not 1 <= resident <= experts.num_experts:
+            raise ValueError(f"offload.experts={resident!r} must be an integer in [1, {experts.num_experts}] "
+                             f"(the experts of a layer)")
+    store = Path(store)
+    if store.exists():
+        raise FileExistsError(f"{store} exists; the expert store is written fresh (nothing is overwritten)")
+    store.mkdir(parents=True)
+    stats = OffloadStats()
+    for i, layer in enumerate(layers):
+        experts, path = layer.experts, store / f"layer{i}.safetensors"
+        names = PARAMETERS[experts.activation]
+        save_file({f"{name}.{e}": getattr(experts, name)[e].detach().cpu().contiguous()
+                   for name in names for e in range(experts.num_experts)}, str(path))
+        layer.experts = OffloadedExperts(experts, path, resident, stats)
+        for name in names:  # the weights now live in the file only; the dispatch code stays
+            delattr(experts, name)
+    if prefetch:
+        for layer, following in zip(layers, layers[1:]):
+            if not following.routes_by_token_id:  # a hash router needs ids the hidden state lacks
+                layer.experts.next_layer = following
+    return stats
