@@ -2,6 +2,7 @@
 
     python eval/generate.py RUN_DIR_OR_HF_DIR --prompt "def fib(n):" [--prompt ...] [--max-new-tokens 64]
         [--temperature 0] [--top-k K] [--top-p P] [--seed 0] [--no-stop] [--scmoe-beta 0.5 --scmoe-rank 2]
+        [--offload-experts N]
 
 The tokenizer is the one the model was trained with: a tokenizer.json in the directory, else the run's
 ``data.tokenizer``, else moe-lab's bytes. Generation stops at the tokenizer's end-of-document token
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
 from moe.data.tokenizer import load_tokenizer
 from moe.generation import check_sampling, generate
 from moe.loading import load_model
+from moe.offload import offload_experts
 from moe.scmoe import SCMoE
 from moe.upcycle.source_backbone import source_tokenizer
 
@@ -37,12 +41,17 @@ def main(argv: list[str] | None = None) -> list[str]:
                         help="self-contrast decoding (SCMoE) with this β (off when absent)")
     parser.add_argument("--scmoe-rank", type=int, default=2, help="SCMoE's weak pass: each token's r-th expert")
     parser.add_argument("--scmoe-alpha", type=float, default=0.1, help="SCMoE's plausibility cutoff α")
+    parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
+                        help="keep N routed experts per layer in memory, the rest in a temporary file (moe/offload.py)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
         check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # before loading
         tokenizer = load_tokenizer(source_tokenizer(args.path))
         model = load_model(args.path, device=args.device)
+        if args.offload_experts is not None:
+            stats = offload_experts(model, resident=args.offload_experts,
+                                    store=Path(tempfile.mkdtemp(prefix="moe-offload-")) / "experts")
         prompts = [tokenizer.encode(text) for text in args.prompt]
         scmoe = None if args.scmoe_beta is None else SCMoE(beta=args.scmoe_beta, alpha=args.scmoe_alpha,
                                                            rank=args.scmoe_rank)
@@ -52,6 +61,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"generate.py: error: {err}")
     texts = [tokenizer.decode(ids) for ids in outputs]
+    if args.offload_experts is not None:
+        tokens = sum(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
+        print(f"offload: {stats.summary(tokens=tokens)}", file=sys.stderr)
     for prompt, text in zip(args.prompt, texts, strict=True):
         print(f"{prompt}{text}")
     return texts

@@ -37,3 +37,13 @@ def test_scmoe_from_the_command_line(tiny_run):
     assert texts == [ByteTokenizer().decode(expected[0])]
     with pytest.raises(SystemExit, match=r"scmoe rank=99 must lie in \[1, "):
         main([str(run_dir), "--prompt", "x", "--scmoe-beta", "0.5", "--scmoe-rank", "99"])
+
+
+def test_offloaded_experts_generate_the_same_text(tiny_run, capsys):
+    run_dir, _ = tiny_run
+    plain = main([str(run_dir), "--prompt", "def ", "--max-new-tokens", "8", "--no-stop"])
+    offloaded = main([str(run_dir), "--prompt", "def ", "--max-new-tokens", "8", "--no-stop", "--offload-experts", "2"])
+    assert offloaded == plain
+    assert "hit_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"offload.experts=99 must be an integer in \[1, "):
+        main([str(run_dir), "--prompt", "x", "--offload-experts", "99"])
