@@ -36,10 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from moe.interop.adapters.jetmoe import fused_gate_up
 from moe.interop.adapters.llama import MAX_SEQ_LEN_CAP, rope_theta
 from moe.interop.adapters.mixtral import GROUPED_EXPERTS, switch_aux_balance
-from moe.interop.adapters.rules import TensorRule, constant, same
+from moe.interop.adapters.rules import TensorRule, concatenated, constant, fused_gate_up, same, split_rows
 from moe.interop.hf_model_facts import ModelFacts
 from moe.layer import MoELayer
 from moe.models.attention import Attention
@@ -119,11 +118,6 @@ def _scaled(ours: str, hf: str, factor: float, *, transpose: bool = False) -> Te
     return TensorRule((ours,), (hf,), to_ours=lambda t: (flip(t) * factor,), to_hf=lambda t: (flip(t) / factor,))
 
 
-def _split_rows(ours: tuple[str, str], hf: str) -> TensorRule:
-    """Our gate and up weights ↔ one HF [2F, D] matrix: the gate rows, then the up rows."""
-    return TensorRule(ours, (hf,), to_ours=lambda t: tuple(t.chunk(2, dim=0)), to_hf=lambda g, u: (torch.cat((g, u)),))
-
-
 def tensor_rules(model: nn.Module, model_type: str, config_json: Mapping[str, Any]) -> list[TensorRule]:
     r = float(config_json.get("residual_multiplier", 1.0))
     rules = [same("embed.weight", "model.embed_tokens.weight"), same("final_norm.weight", "model.norm.weight")]
@@ -139,9 +133,8 @@ def tensor_rules(model: nn.Module, model_type: str, config_json: Mapping[str, An
             s = float(config_json.get("attention_multiplier", head_dim ** -0.5))
             q_factor = 1.0 if s == head_dim ** -0.5 else s * math.sqrt(head_dim)
             rules += [_scaled(f"{ours}.mixer.q_proj.weight", f"{hf}.self_attn.q_proj.weight", q_factor),
-                      TensorRule((f"{ours}.mixer.kv_proj.weight",), (f"{hf}.self_attn.k_proj.weight",
-                                                                     f"{hf}.self_attn.v_proj.weight"),
-                                 to_ours=lambda k, v: (torch.cat((k, v)),), to_hf=lambda kv: tuple(kv.chunk(2))),
+                      concatenated(f"{ours}.mixer.kv_proj.weight", [f"{hf}.self_attn.k_proj.weight",
+                                                                    f"{hf}.self_attn.v_proj.weight"]),
                       _scaled(f"{ours}.mixer.o_proj.weight", f"{hf}.self_attn.o_proj.weight", r)]
         else:
             rules += [same(f"{ours}.mixer.{name}", f"{hf}.mamba.{name}") for name in MAMBA2_TENSORS]
@@ -166,7 +159,10 @@ def tensor_rules(model: nn.Module, model_type: str, config_json: Mapping[str, An
             dense = f"{ours}.ffn.shared_expert.ffn"
         else:
             dense = f"{ours}.ffn"
-        rules += [_split_rows((f"{dense}.gate.weight", f"{dense}.up.weight"), f"{shared_hf}.input_linear.weight"),
+        d_ff = block.ffn.shared_expert.ffn.gate.out_features if isinstance(block.ffn, MoELayer) else \
+            block.ffn.gate.out_features
+        rules += [split_rows([f"{dense}.gate.weight", f"{dense}.up.weight"], f"{shared_hf}.input_linear.weight",
+                             [d_ff, d_ff]),
                   _scaled(f"{dense}.down.weight", f"{shared_hf}.output_linear.weight", r)]
     return rules
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from moe.interop.adapters.llama import MAX_SEQ_LEN_CAP, rope_theta
 from moe.interop.adapters.mixtral import GROUPED_EXPERTS
-from moe.interop.adapters.rules import TensorRule, constant, same
+from moe.interop.adapters.rules import TensorRule, constant, fused_gate_up, same
 from moe.interop.hf_model_facts import ModelFacts
 
 MODEL_TYPES = ("jetmoe",)
@@ -73,18 +72,6 @@ def run_config(cfg: Mapping[str, Any], *, max_seq_len: int | None) -> dict[str, 
 def _stack_transposed(ours: str, hf: str) -> TensorRule:
     """Our [E, in, out] stack ↔ HF's [E, out, in] (JetMoeParallelExperts' layout)."""
     return TensorRule((ours,), (hf,), to_ours=lambda t: (t.transpose(1, 2),), to_hf=lambda t: (t.transpose(1, 2),))
-
-
-def fused_gate_up(ours: str, hf: str) -> TensorRule:
-    """Our w_gate_EDF, w_up_EDF ↔ HF's input_linear [E, 2F, D]: the gate rows, then the up rows."""
-    def to_ours(w_E2FD: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        gate_EFD, up_EFD = w_E2FD.chunk(2, dim=1)
-        return gate_EFD.transpose(1, 2), up_EFD.transpose(1, 2)
-
-    def to_hf(gate_EDF: torch.Tensor, up_EDF: torch.Tensor) -> tuple[torch.Tensor]:
-        return (torch.cat((gate_EDF, up_EDF), dim=2).transpose(1, 2),)
-
-    return TensorRule((f"{ours}.w_gate_EDF", f"{ours}.w_up_EDF"), (hf,), to_ours=to_ours, to_hf=to_hf)
 
 
 def _bias_rule(layer: nn.Module, ours: str, hf: str) -> TensorRule:

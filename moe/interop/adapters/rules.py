@@ -99,3 +99,15 @@ def row_permuted(ours: str, hf: str, order: torch.Tensor) -> TensorRule:
 def constant(hf: str, shape: Sequence[int]) -> TensorRule:
     """Export only: a zero tensor HF's format requires and our model lacks (it adds exactly nothing)."""
     return TensorRule((), (hf,), to_ours=lambda t: (), to_hf=lambda: (torch.zeros(*shape),))
+
+
+def fused_gate_up(ours: str, hf: str) -> TensorRule:
+    """Our w_gate_EDF, w_up_EDF ↔ HF's input_linear [E, 2F, D]: the gate rows, then the up rows."""
+    def to_ours(w_E2FD: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        gate_EFD, up_EFD = w_E2FD.chunk(2, dim=1)
+        return gate_EFD.transpose(1, 2), up_EFD.transpose(1, 2)
+
+    def to_hf(gate_EDF: torch.Tensor, up_EDF: torch.Tensor) -> tuple[torch.Tensor]:
+        return (torch.cat((gate_EDF, up_EDF), dim=2).transpose(1, 2),)
+
+    return TensorRule((f"{ours}.w_gate_EDF", f"{ours}.w_up_EDF"), (hf,), to_ours=to_ours, to_hf=to_hf)
