@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from moe.experts.permute import combine, gather_rows, sort_by_expert
+from moe.experts.permute import dispatch_over_used
 from moe.experts.swiglu import PARAMETERS, SwiGLUExperts, compute_dtype
 
 
@@ -103,14 +103,13 @@ class OffloadedExperts(nn.Module):
             self.prefetched = set()
         self.fetch(used, keep=set(used))
         dtype = compute_dtype(x_TD)
-        stacks = tuple(torch.stack([self.cache[e][k] for e in used]).to(dtype) for k in range(len(self.names)))
-        sorted_ = sort_by_expert(routing)
-        out_ND = self.expert_outputs(gather_rows(x_TD, sorted_, dtype), sorted_.tokens_per_expert_E[used], stacks)
+        y_TD = dispatch_over_used(x_TD, routing, dtype, self.expert_outputs, lambda used_U: tuple(
+            torch.stack([self.cache[e][k] for e in used]).to(dtype) for k in range(len(self.names))))
         if self.next_layer is not None:  # the next layer's router on this input: its likely experts
             with torch.no_grad():
                 guess = self.next_layer.router(x_TD)
             self.next_layer.experts.prefetch(guess.tokens_per_expert_E.nonzero().flatten().tolist())
-        return combine(out_ND, sorted_, x_TD.shape[0])
+        return y_TD
 
 
 def offload_experts(model: nn.Module, *, resident: int, store: str | Path, prefetch: bool = True) -> OffloadStats:

@@ -13,6 +13,7 @@ The gather's backward is an index_add and the index_add's backward a gather, so 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +60,16 @@ def combine(out_ND: torch.Tensor, sorted_: SortedAssignments, num_tokens: int) -
     scaled_ND = out_ND * sorted_.weights_N.to(out_ND.dtype).unsqueeze(-1)
     y_TD = out_ND.new_zeros(num_tokens, out_ND.shape[-1])
     return y_TD.index_add_(0, sorted_.token_ids_N, scaled_ND)
+
+
+def dispatch_over_used(x_TD: torch.Tensor, routing: Routing, dtype: torch.dtype, expert_outputs: Callable,
+                       stacks_of: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """y_TD computed with the weight stacks of the experts the routing uses only (``stacks_of(used_ids)``,
+    [U, ...] each), for experts whose full stacks are costly to materialise (quantized, offloaded): a decoded
+    token reaches k of E. The sorted rows are already in expert order, so the U experts' rows stay contiguous
+    and ``expert_outputs`` (a backend's) runs on them with the used experts' row counts."""
+    sorted_ = sort_by_expert(routing)
+    used_U = routing.tokens_per_expert_E.nonzero().flatten()
+    out_ND = expert_outputs(gather_rows(x_TD, sorted_, dtype), sorted_.tokens_per_expert_E[used_U],
+                            stacks_of(used_U))
+    return combine(out_ND, sorted_, x_TD.shape[0])

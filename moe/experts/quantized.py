@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from moe.experts.grouped import GroupedExperts
-from moe.experts.permute import combine, gather_rows, sort_by_expert
+from moe.experts.permute import dispatch_over_used
 from moe.experts.swiglu import PARAMETERS, compute_dtype
 
 BITS = (8, 4, 2, "ternary")
@@ -140,18 +140,10 @@ class QuantizedExperts(GroupedExperts):
                      for name in PARAMETERS[self.activation])
 
     def forward(self, x_TD: torch.Tensor, routing) -> torch.Tensor:
-        """As GroupedExperts, on the experts this routing uses only (decoding touches k of E): their stacks are
-        dequantized and the dispatch runs over them in expert order, which the sorted rows already follow."""
+        """As GroupedExperts, dequantizing only the experts this routing uses (decoding touches k of E)."""
         dtype = compute_dtype(x_TD)
-        sorted_ = sort_by_expert(routing)
-        used = routing.tokens_per_expert_E.nonzero().flatten()
-        out_ND = self.expert_outputs(gather_rows(x_TD, sorted_, dtype), sorted_.tokens_per_expert_E[used],
-                                     self.stacked_weights(dtype, used))
-        return combine(out_ND, sorted_, x_TD.shape[0])
-
-    def stored_bytes(self) -> int:
-        """Bytes of the codes and scales (what the checkpoint holds for these experts, biases included)."""
-        return sum(t.numel() * t.element_size() for t in [*self.buffers(), *self.parameters()])
+        return dispatch_over_used(x_TD, routing, dtype, self.expert_outputs,
+                                  lambda used_U: self.stacked_weights(dtype, used_U))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits!r}, group_size={self.group_size}"

@@ -69,7 +69,7 @@ def _moa(o: Mapping[str, Any], index: int) -> nn.Module:
     # routed like an MoE FFN: the run's router and balancers, one of each per layer
     num_experts = o["moa_num_experts"] or o["num_experts"]
     return MixtureOfAttentionHeads(router=o["router"](d_model=o["d_model"], num_experts=num_experts),
-                                   balancers={name: make() for name, make in (o["balancers"] or {}).items()},
+                                   balancers=_balancers(o),
                                    d_model=o["d_model"], num_experts=num_experts, heads=o["moa_heads"],
                                    head_dim=o["moa_head_dim"], max_seq_len=o["max_seq_len"],
                                    rope_theta=o["rope_theta"], rope=o["position"] == "rope",
@@ -257,6 +257,11 @@ def _shared_attention_inputs(o: Mapping[str, Any]) -> dict[int, SharedAttentionI
             for n, i in enumerate(indices)}
 
 
+def _balancers(o: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """One fresh instance of every balancer for a routed layer (they keep per-layer state)."""
+    return {name: make() for name, make in (o["balancers"] or {}).items()}
+
+
 def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:
     """The FFN of block ``index``: ``dense`` (SwiGLU or GELU MLP), ``moe`` or ``none``."""
     if kind == "none":
@@ -271,7 +276,7 @@ def _ffn(kind: str, index: int, o: Mapping[str, Any]) -> nn.Module | None:
     # SwiGLU-only experts class keeps working)
     activation = {} if o["mlp"] == "swiglu" else {"activation": o["mlp"]}
     experts = o["experts"](num_experts=num_experts, d_model=d_model, d_ff=expert_d_ff, **activation)
-    balancers = {name: make() for name, make in (o["balancers"] or {}).items()}
+    balancers = _balancers(o)
     shared = SharedExpert(d_model=d_model, num_experts=o["num_shared_experts"],
                           d_ff=o["shared_expert_d_ff"] or expert_d_ff, gate=o["shared_expert_gate"],
                           ) if o["num_shared_experts"] else None

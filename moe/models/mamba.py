@@ -100,7 +100,7 @@ def causal_conv(conv1d: nn.Conv1d, x_BSX: torch.Tensor, cache: dict | None = Non
     cache["seen"] = cache.get("seen", 0) + S
     x_BXS = x_BSX.transpose(1, 2)
     width = conv1d.kernel_size[0] - 1
-    past_BXW = cache.get("conv", x_BXS.new_zeros(*x_BXS.shape[:2], width))
+    past_BXW = cache["conv"] if "conv" in cache else x_BXS.new_zeros(*x_BXS.shape[:2], width)
     window_BXT = torch.cat((past_BXW.to(x_BXS.dtype), x_BXS), dim=-1)  # T = width + S
     cache["conv"] = window_BXT[..., window_BXT.shape[-1] - width:]
     out_BSX = F.conv1d(window_BXT, conv1d.weight, conv1d.bias, groups=conv1d.groups).transpose(1, 2)
