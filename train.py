@@ -9,9 +9,15 @@ existing run's directory keeps everything, and its ``train.log`` gets the error 
 ``train.log`` also keeps every Python warning of a run, and the traceback of any other failure.
 A key given twice on the command line (``experiment=smoke experiment=dense_baseline``: Hydra would keep
 only the last) is refused the same way; presets combine as a list, ``experiment=[smoke,dense_baseline]``.
+
+Several processes (``torchrun --nproc_per_node N train.py run_dir=... ...``) train data-parallel
+(moe/parallel/). Each process composes the config itself, so a multi-process launch must name its
+``run_dir``: the default holds the time of composition, which two processes may not share. Only rank 0
+writes ``train.log`` and prints errors.
 """
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 USER_ERRORS = (ValueError, FileNotFoundError)
+RANK = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch
 
 
 def log_file_only() -> logging.Logger:
@@ -47,17 +54,32 @@ def repeated_override(argv: list[str]) -> str | None:
     return None
 
 
+def missing_run_dir(argv: list[str]) -> str | None:
+    """The error for a multi-process launch without ``run_dir=``, or None."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size != "1" and not any(arg.split("=", 1)[0].lstrip("+") == "run_dir" for arg in argv):
+        return (f"WORLD_SIZE={world_size}: a multi-process launch needs run_dir=PATH (each process would "
+                f"otherwise stamp its own start time into the default run_dir)")
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     from moe.training import run  # after composition, so --help and config errors stay fast
 
     logging.captureWarnings(True)  # warnings.warn → the py.warnings logger → console and train.log
+    if RANK != 0:  # one train.log per run, from rank 0
+        for handler in [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     config = OmegaConf.to_container(cfg, resolve=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:
         summary = run(config, overrides=list(HydraConfig.get().overrides.task))
     except USER_ERRORS as error:
+        if RANK != 0:  # every rank meets the same config error; rank 0 reports it
+            sys.exit(2)
         print(f"moe-lab: error: {error}", file=sys.stderr)
         run_dir = Path(config["run_dir"])
         made_for_this_start = run_dir.is_dir() and sorted(p.name for p in run_dir.iterdir()) == ["train.log"]
@@ -80,7 +102,8 @@ if __name__ == "__main__":
 
         print(help_text(Path(__file__).resolve().parent / "configs"))
         sys.exit(0)
-    if (repeated := repeated_override(sys.argv[1:])) is not None:
-        print(f"moe-lab: error: {repeated}", file=sys.stderr)
+    if (problem := repeated_override(sys.argv[1:]) or missing_run_dir(sys.argv[1:])) is not None:
+        if RANK == 0:
+            print(f"moe-lab: error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()

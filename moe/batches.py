@@ -1,9 +1,12 @@
 """Which training sequences each micro-step reads: a pure function of (seed, micro-step, rank).
 
 Each epoch is a fresh seeded permutation of the packed sequences; consecutive micro-batches of B
-sequences are cut from it, interleaved over data-parallel ranks. Because the batch of a micro-step
-depends on nothing else, resuming at micro-step m continues the exact data order of an uninterrupted
-run — the "data position" of a checkpoint is just m.
+sequences (``trainer.batch_size``: the *global* micro-batch, over all data-parallel ranks) are cut from
+it, and rank r of W reads rows [r·B/W, (r+1)·B/W) of each. The sequences a micro-step trains on
+therefore do not depend on the number of processes: W processes read, between them, exactly the batch
+one process reads. Because the batch of a micro-step depends on nothing else, resuming at micro-step m
+continues the exact data order of an uninterrupted run, at any world size — the "data position" of a
+checkpoint is just m.
 
 ``domain_pure=True`` (``trainer.domain_pure_batches``) cuts every micro-batch from one domain: each
 domain's sequences are permuted and cut on their own, and the micro-batches take the domains in turn
@@ -35,8 +38,12 @@ class MicroBatchSchedule:
                 f"trainer.batch_size={batch_size} exceeds the {num_sequences} training sequences of the data"
                 + (" in every domain (domain-pure batches)" if domain_pure else "")
             )
+        if batch_size % num_processes:
+            raise ValueError(f"trainer.batch_size={batch_size} (the global micro-batch) is not divisible by the "
+                             f"{num_processes} data-parallel processes; use a multiple of {num_processes}")
         self.num_sequences, self.batch_size, self.seed = num_sequences, batch_size, seed
         self.num_processes, self.process_index = num_processes, process_index
+        self.rank_batch_size = batch_size // num_processes
         self._epoch, self._batches = -1, None
 
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -52,9 +59,9 @@ class MicroBatchSchedule:
         return [batches[i] for i in range(rounds) for batches in per_domain if i < len(batches)]
 
     def indices(self, micro_step: int) -> torch.Tensor:
-        """Sequence indices [B] of this rank's micro-batch at ``micro_step``."""
-        global_batch = micro_step * self.num_processes + self.process_index
-        epoch, batch_in_epoch = divmod(global_batch, self.batches_per_epoch)
+        """Sequence indices [B/W] of this rank's share of the micro-batch at ``micro_step``."""
+        epoch, batch_in_epoch = divmod(micro_step, self.batches_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, self._epoch_batches(epoch)
-        return self._batches[batch_in_epoch]
+        start = self.process_index * self.rank_batch_size
+        return self._batches[batch_in_epoch][start:start + self.rank_batch_size]

@@ -22,6 +22,7 @@ from torch import nn
 from moe.balance.base import Balancer
 from moe.balance.counts import all_reduce_sum
 from moe.dropping import check_capacity_options, drop_over_capacity
+from moe.parallel.expert_parallel import expert_parallel_forward
 from moe.types import BalanceContext, ReadsTokenIds, Routing, supports
 
 
@@ -102,6 +103,8 @@ class MoELayer(nn.Module):
         self.bias_D = nn.Parameter(torch.zeros(router.d_model)) if output_bias else None
         # a function of the router's Routing that replaces it (SCMoE's weak pass, moe/scmoe.py); None: as routed
         self.routing_override = None
+        # set by moe/parallel/sharding.py when this rank holds a shard of the experts: dispatch by all-to-all
+        self.expert_parallel = None
 
     def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
                 defer_sums: bool = False) -> tuple[torch.Tensor, LayerAux]:
@@ -111,7 +114,10 @@ class MoELayer(nn.Module):
         B, S, D = x_BSD.shape
         x_TD = x_BSD.reshape(B * S, D)
         routing = self.route(x_TD, token_ids_BS)
-        y_TD = self.experts(x_TD, routing)
+        if self.expert_parallel is None:
+            y_TD = self.experts(x_TD, routing)
+        else:
+            y_TD = expert_parallel_forward(self.experts, x_TD, routing, self.expert_parallel)
         if self.shared_expert is not None:
             y_TD = y_TD + self.shared_expert(x_TD)
         return self.add_bias(y_TD).view(B, S, D), self.balance(routing, B, S, defer_sums=defer_sums)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from moe.balance.counts import all_reduce_sum, distributed_world_size
 from moe.types import Routing, site_order
 
 
@@ -94,13 +95,18 @@ class RunningSums:
                                                                                            dtype=torch.float64)
         self._sums[key] = self._sums[key] + value if key in self._sums else value
 
-    def read(self) -> dict[Hashable, Any]:
-        """Each sum as a float (0-dim) or a list of floats, from one ``tolist()`` of them all."""
+    def read(self, mean_over_ranks: bool = False) -> dict[Hashable, Any]:
+        """Each sum as a float (0-dim) or a list of floats, from one ``tolist()`` of them all.
+        ``mean_over_ranks``: each sum's mean over the data-parallel ranks, in one all-reduce (a collective:
+        every rank must read, with the same keys)."""
         if not self._sums:
             return {}
         # gather where the values live (a GPU), so only the final tolist() crosses to the host
         device = next((v.device for v in self._sums.values() if v.device.type != "cpu"), torch.device("cpu"))
-        flat = torch.cat([value.to(device).reshape(-1) for value in self._sums.values()]).tolist()
+        flat = torch.cat([value.to(device).reshape(-1) for value in self._sums.values()])
+        if mean_over_ranks:
+            flat = all_reduce_sum(flat) / distributed_world_size()
+        flat = flat.tolist()
         values, start = {}, 0
         for key, value in self._sums.items():
             n = value.numel()
@@ -169,7 +175,9 @@ class MetricWindow:
         self.routing.add(out.layer_aux)
 
     def summary(self) -> dict[str, float]:
-        """Window means; per-layer routing statistics as layer{i}/{stat}, their mean over layers as moe/{stat}."""
-        values = self.sums.read()
+        """Window means over micro-steps and data-parallel ranks (a collective); per-layer routing statistics
+        as layer{i}/{stat}, their mean over layers as moe/{stat}. A rank's loads are averaged, not summed:
+        the load statistics are scale-free, so they equal those of all ranks' tokens together."""
+        values = self.sums.read(mean_over_ranks=True)
         metrics = {key: value / max(1, self.micro_steps) for key, value in values.items() if isinstance(key, str)}
         return {**metrics, **self.routing.metrics(values)}

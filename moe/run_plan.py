@@ -6,7 +6,8 @@ schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes, `
 dense source's backbone (moe/upcycle/source_backbone.py), ``data.tokenizer=auto`` is resolved
 (moe/finetune.py) and a composed ``data.seq_len`` longer than an adopted ``max_seq_len`` is lowered
 to it, which gives the config the run records in its config.yaml; the run directory is
-checked against ``trainer.resume``; a resumed run's schedule length is settled (moe/schedule_resume.py);
+checked against ``trainer.resume``; the ``parallel`` node is checked against the launch's world size
+(moe/parallel/config.py); a resumed run's schedule length is settled (moe/schedule_resume.py);
 ``trainer.mixed_precision: auto`` becomes bf16 or no for this machine in the parsed trainer node
 (moe/precision.py; config.yaml keeps the request). Nothing later changes the config.
 """
@@ -24,6 +25,7 @@ import torch
 from moe.checkpoint import latest_checkpoint, read_config, read_meta
 from moe.finetune import adopt_checkpoint_config, adopt_upcycle_source, resolve_tokenizer
 from moe.optim import warmup_cosine
+from moe.parallel.config import ParallelConfig, checked_parallel, launched_world_size
 from moe.precision import resolve_mixed_precision
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.train_config import OptimConfig, TrainerConfig, from_mapping
@@ -42,6 +44,8 @@ class RunPlan:
     resume_from: Path | None
     resumed_meta: dict[str, Any] | None
     schedule_steps: int
+    parallel: ParallelConfig = ParallelConfig(expert=1, fsdp=False)
+    world_size: int = 1  # processes of the launch (WORLD_SIZE), every one a data-parallel rank
 
     def schedule(self, length: int | None = None):
         """The LR multiplier of step s (warmup then cosine) over ``length`` steps (default: the plan's)."""
@@ -57,9 +61,11 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
     plan = RunPlan(config, trainer, optim, Path(config["run_dir"]), None, None, trainer.max_steps)
     plan.schedule()  # checks warmup/min_lr before anything else
+    plan.world_size = launched_world_size()
     adopted = adopt_upcycle_source(adopt_checkpoint_config(config), explicit_keys(overrides, "model"))
     typed_seq_len = "seq_len" in explicit_keys(overrides, "data")
     plan.config = _fit_sequence_length(resolve_tokenizer(adopted), typed=typed_seq_len)  # what config.yaml records
+    plan.parallel = checked_parallel(plan.config, plan.world_size)  # after adoption: it knows num_experts
     plan.resume_from = _checked_run_dir(plan.run_dir, trainer.resume)
     if plan.resume_from is not None:
         plan.resumed_meta = read_meta(plan.resume_from)

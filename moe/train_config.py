@@ -48,7 +48,7 @@ def _require(ok: bool, message: str) -> None:
 @dataclass(frozen=True)
 class TrainerConfig:
     max_steps: int
-    batch_size: int  # sequences per micro-batch per process
+    batch_size: int  # sequences per micro-batch, over all data-parallel processes (moe/batches.py)
     grad_accum_steps: int
     mixed_precision: str
     log_every: int

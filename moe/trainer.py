@@ -86,7 +86,10 @@ class Trainer:
         # a second run in the same process (a notebook, a test) may pick another precision. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.cpu,
+        # cpu=True for a multi-process launch without CUDA: otherwise accelerate starts W unrelated
+        # single processes instead of one gloo group
+        cpu = trainer.cpu or (self.plan.world_size > 1 and not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=cpu,
                                        gradient_accumulation_steps=trainer.grad_accum_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         # stepped by hand once per optimizer step (accelerate would step it once per process)
@@ -97,8 +100,8 @@ class Trainer:
             num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
             domain_ids=data.train.domain_ids, domain_pure=trainer.domain_pure_batches)
         self.make_logger = instantiate(self.plan.config["logger"], "logger")
-        self.tokens_per_micro_step = (trainer.batch_size * (data.train.input_ids.shape[1] - 1)
-                                      * self.accelerator.num_processes)
+        # batch_size is the global micro-batch (every rank reads its share of it: moe/batches.py)
+        self.tokens_per_micro_step = trainer.batch_size * (data.train.input_ids.shape[1] - 1)
         val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)  # the same subset at every eval
         self.val = (data.val.input_ids[val_ids], data.val.domain_ids[val_ids],
                     None if data.val.loss_mask is None else data.val.loss_mask[val_ids])

@@ -23,10 +23,28 @@ def test_domain_pure_batches_alternate_domains_and_cover_each_sequence_once():
     assert domains == [{0}, {1}, {0}, {1}, {0}]  # the rotation; domain 1 runs out first
     seen = torch.cat(batches)
     assert len(set(seen.tolist())) == 10
-    # two ranks split the same sequence of micro-batches
+    # two ranks split each micro-batch: still domain-pure, the same sequences as one process
     ranks = [MicroBatchSchedule(num_sequences=11, batch_size=2, seed=0, domain_ids=domain_ids, domain_pure=True,
                                 num_processes=2, process_index=r) for r in (0, 1)]
-    assert [ranks[0].indices(0).tolist(), ranks[1].indices(0).tolist()] == [b.tolist() for b in batches[:2]]
+    for m, batch in enumerate(batches):
+        assert [ranks[0].indices(m).item(), ranks[1].indices(m).item()] == batch.tolist()
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_ranks_read_the_one_process_batch_between_them_at_every_world_size(world):
+    """trainer.batch_size is the global micro-batch: W ranks read, in rank order, the rows one process
+    reads at the same micro-step, across epoch boundaries too (the data position of resuming at another
+    world size)."""
+    one = MicroBatchSchedule(num_sequences=19, batch_size=4, seed=3)
+    ranks = [MicroBatchSchedule(num_sequences=19, batch_size=4, seed=3, num_processes=world, process_index=r)
+             for r in range(world)]
+    for m in range(12):  # 4 batches per epoch: three epochs
+        assert torch.cat([rank.indices(m) for rank in ranks]).tolist() == one.indices(m).tolist()
+
+
+def test_a_global_batch_the_world_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match=r"trainer.batch_size=6 \(the global micro-batch\) is not divisible by the 4"):
+        MicroBatchSchedule(num_sequences=40, batch_size=6, seed=0, num_processes=4, process_index=0)
 
 
 def test_domain_pure_needs_domains_and_a_batch_that_fits_a_domain():

@@ -23,9 +23,11 @@ import pytest
 import yaml
 from conftest import CONFIGS
 
+from moe.parallel.config import ParallelConfig
 from moe.train_config import OptimConfig, TrainerConfig
 
-VIEWS = {"trainer/default.yaml": TrainerConfig, "optim/adamw.yaml": OptimConfig}
+VIEWS = {"trainer/default.yaml": TrainerConfig, "optim/adamw.yaml": OptimConfig,
+         "parallel/default.yaml": ParallelConfig}
 
 
 @pytest.mark.parametrize("file, view", VIEWS.items(), ids=list(VIEWS))

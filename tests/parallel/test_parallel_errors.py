@@ -1,0 +1,41 @@
+"""A launch that cannot run its ``parallel`` layout is refused before anything is built, in one line that
+names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from launch import REPO
+
+from moe.run_plan import prepare_run
+
+
+@pytest.mark.parametrize("world, overrides, message", [
+    (3, ("trainer.batch_size=4",), r"trainer.batch_size=4 \(the global micro-batch\) is not divisible by the 3 "
+                                   r"processes of this launch; use a multiple of 3"),
+    (2, ("parallel.expert=4",), r"parallel.expert=4 does not divide the 2 processes of this launch"),
+    (3, ("trainer.batch_size=6", "parallel.expert=3"),
+     r"parallel.expert=3 does not divide model.num_experts=16; use a divisor of 16"),
+    (2, ("model=dense_tiny", "parallel.expert=2"), r"parallel.expert=2 does not divide model.num_experts=0"),
+    (1, ("parallel.expert=0",), r"parallel.expert=0 must be an integer >= 1"),
+    (1, ("parallel.fsdp=2",), r"parallel.fsdp=2 must be true or false"),
+])
+def test_a_layout_the_launch_cannot_run_is_refused_before_the_run_starts(smoke, tmp_path, monkeypatch, world,
+                                                                         overrides, message):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    with pytest.raises(ValueError, match=message):
+        prepare_run(smoke(*overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_multi_process_launch_must_name_its_run_dir():
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "moe-lab: error: WORLD_SIZE=2: a multi-process launch needs run_dir=PATH (each process would otherwise "
+        "stamp its own start time into the default run_dir)"]
