@@ -44,7 +44,7 @@ class RunPlan:
     resume_from: Path | None
     resumed_meta: dict[str, Any] | None
     schedule_steps: int
-    parallel: ParallelConfig = ParallelConfig(expert=1, fsdp=False)
+    parallel: ParallelConfig = ParallelConfig(expert=1)
     world_size: int = 1  # processes of the launch (WORLD_SIZE), every one a data-parallel rank
 
     def schedule(self, length: int | None = None):

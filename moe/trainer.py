@@ -11,6 +11,11 @@ targets are -100, which the model's cross-entropy skips, in training and evaluat
 ``trainer.freeze`` turns off gradients of the router, the routed experts, or everything but the routed
 experts, and leaves them out of the optimizer.
 
+Several processes (torchrun) train data-parallel: accelerate wraps the model in DDP. With
+``parallel.expert`` = N > 1 each rank keeps E/N experts of every MoE layer (moe/parallel/); DDP skips
+those shards, whose gradients and norm are settled by moe/parallel/sharding.py, and checkpoints are
+saved and loaded with the stacks gathered whole, so they have the layout of a one-process run.
+
 Resume (``trainer.resume=true``) restores weights, optimizer, scheduler and RNG states from the
 latest checkpoint of ``run_dir`` and continues at its micro-step, so the losses after resuming equal
 those of an uninterrupted run. SIGINT/SIGTERM finish the current optimizer step, save a checkpoint
@@ -30,6 +35,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import save_model
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from moe.batches import MicroBatchSchedule
@@ -40,6 +46,8 @@ from moe.finetune import freeze_parameters
 from moe.metrics import MetricWindow
 from moe.models.build import build_model
 from moe.optim import build_optimizer
+from moe.parallel.expert_parallel import ExpertParallelGroup
+from moe.parallel.sharding import clip_grad_norm, shard_experts, sync_expert_grads, unsharded_experts
 from moe.run_plan import RunPlan
 from moe.spec import instantiate
 from moe.stop_request import StopRequest
@@ -91,6 +99,10 @@ class Trainer:
         cpu = trainer.cpu or (self.plan.world_size > 1 and not torch.cuda.is_available())
         self.accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=cpu,
                                        gradient_accumulation_steps=trainer.grad_accum_steps)
+        self.expert_parallel = self.plan.parallel.expert > 1
+        if self.expert_parallel:  # the process group exists now; DDP must leave the shards alone
+            sharded = shard_experts(self.model, ExpertParallelGroup.create(self.plan.parallel.expert))
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, sharded)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         # stepped by hand once per optimizer step (accelerate would step it once per process)
         self.accelerator.register_for_checkpointing(self.scheduler)
@@ -122,7 +134,8 @@ class Trainer:
                       f"of {self.total_params:,} parameters", flush=True)
         self.logger = self.make_logger(run_dir=str(run_dir), config=self.plan.config)
         if self.plan.resume_from is not None:
-            accelerator.load_state(str(self.plan.resume_from / "accelerate"))
+            with unsharded_experts(self.raw_model, self.optimizer):  # checkpoints hold the unsharded layout
+                accelerator.load_state(str(self.plan.resume_from / "accelerate"))
             self.step, self.micro_step = self.plan.resumed_meta["step"], self.plan.resumed_meta["micro_step"]
             if accelerator.is_main_process:
                 _truncate_metrics(self.metrics_path, self.step)
@@ -178,8 +191,14 @@ class Trainer:
             out = self.model(batch[:, :-1], targets)
             accelerator.backward(out.loss)
             grad_norm = None
+            if accelerator.sync_gradients and self.expert_parallel:
+                sync_expert_grads(self.raw_model)  # DDP averaged the rest
             if accelerator.sync_gradients and self.plan.optim.grad_clip > 0:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.plan.optim.grad_clip)
+                if self.expert_parallel:  # the norm of the whole model's gradient, every shard counted once
+                    accelerator.unscale_gradients()
+                    grad_norm = clip_grad_norm(self.raw_model, self.plan.optim.grad_clip)
+                else:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.plan.optim.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.micro_step += 1
@@ -218,9 +237,12 @@ class Trainer:
         if accelerator.is_main_process:
             tmp, final = begin_checkpoint(run_dir, self.step)
         tmp = Path(broadcast_object_list([str(tmp)])[0])  # every rank saves its RNG state there
-        accelerator.save_state(str(tmp / "accelerate"), safe_serialization=False)
+        with unsharded_experts(self.raw_model, self.optimizer):  # the same layout whatever the run's sharding
+            accelerator.save_state(str(tmp / "accelerate"), safe_serialization=False)
+            if accelerator.is_main_process:
+                save_model(self.raw_model, str(tmp / "model.safetensors"))
+        accelerator.wait_for_everyone()  # every rank's RNG state is written before rank 0 renames the directory
         if accelerator.is_main_process:
-            save_model(self.raw_model, str(tmp / "model.safetensors"))
             write_config(tmp / "config.yaml", self.plan.config)
             meta = {"step": self.step, "micro_step": self.micro_step,
                     "tokens_seen": self.micro_step * self.tokens_per_micro_step,

@@ -2,8 +2,7 @@
 
 A run launched by ``torchrun`` (or ``accelerate launch``) finds its world size W in the environment
 (``WORLD_SIZE``); every process is a data-parallel rank. ``parallel.expert`` = N > 1 splits each MoE
-layer's routed experts over groups of N consecutive ranks (moe/parallel/expert_parallel.py);
-``parallel.fsdp`` shards parameters and optimizer state (moe/parallel/fsdp.py).
+layer's routed experts over groups of N consecutive ranks (moe/parallel/expert_parallel.py).
 """
 
 from __future__ import annotations
@@ -14,11 +13,12 @@ from typing import Any
 
 from moe.train_config import from_mapping
 
+EXPERT_PARALLEL_BACKEND = "moe.experts.GroupedExperts"  # its expert_outputs runs on the rows a rank receives
+
 
 @dataclass(frozen=True)
 class ParallelConfig:
     expert: int
-    fsdp: bool
 
     def __post_init__(self):
         if isinstance(self.expert, bool) or not isinstance(self.expert, int) or self.expert < 1:
@@ -49,4 +49,8 @@ def checked_parallel(config: dict[str, Any], world_size: int) -> ParallelConfig:
         if not num_experts or num_experts % parallel.expert:
             raise ValueError(f"parallel.expert={parallel.expert} does not divide model.num_experts={num_experts}; "
                              f"use a divisor of {num_experts}")
+        backend = (config.get("experts") or {}).get("_target_")
+        if backend != EXPERT_PARALLEL_BACKEND:
+            raise ValueError(f"parallel.expert={parallel.expert} needs experts=grouped or experts=sorted_loop "
+                             f"({EXPERT_PARALLEL_BACKEND}); experts._target_={backend!r}")
     return parallel

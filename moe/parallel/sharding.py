@@ -40,13 +40,19 @@ def shard_experts(model: nn.Module, ep: ExpertParallelGroup) -> list[str]:
         check_expert_backend(layer.experts)
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, MoELayer) and module in layers:
-            keep = ep.local_slice(module.experts.num_experts)
-            for param_name, param in module.experts.named_parameters():
-                param.data = param.data[keep].clone()
-                names.append(f"{name}.experts.{param_name}")
-            module.expert_parallel = ep
+        if any(module is layer for layer in layers):
+            shard_layer_experts(module, ep)
+            names.extend(f"{name}.experts.{param_name}" for param_name, _ in module.experts.named_parameters())
     return names
+
+
+def shard_layer_experts(layer: MoELayer, ep: ExpertParallelGroup) -> None:
+    """Keep this rank's rows of the layer's expert stacks and dispatch its tokens by all-to-all."""
+    check_expert_backend(layer.experts)
+    keep = ep.local_slice(layer.experts.num_experts)
+    for param in layer.experts.parameters():
+        param.data = param.data[keep].clone()
+    layer.expert_parallel = ep
 
 
 def sharded_parameters(model: nn.Module) -> list[tuple[nn.Parameter, ExpertParallelGroup]]:

@@ -20,8 +20,11 @@ from moe.run_plan import prepare_run
     (3, ("trainer.batch_size=6", "parallel.expert=3"),
      r"parallel.expert=3 does not divide model.num_experts=16; use a divisor of 16"),
     (2, ("model=dense_tiny", "parallel.expert=2"), r"parallel.expert=2 does not divide model.num_experts=0"),
+    (2, ("experts=capacity", "parallel.expert=2"),
+     r"parallel.expert=2 needs experts=grouped or experts=sorted_loop \(moe.experts.GroupedExperts\); "
+     r"experts._target_='moe.experts.CapacityExperts'"),
     (1, ("parallel.expert=0",), r"parallel.expert=0 must be an integer >= 1"),
-    (1, ("parallel.fsdp=2",), r"parallel.fsdp=2 must be true or false"),
+    (1, ("parallel.expert=two",), r"parallel.expert='two' must be an integer"),
 ])
 def test_a_layout_the_launch_cannot_run_is_refused_before_the_run_starts(smoke, tmp_path, monkeypatch, world,
                                                                          overrides, message):
