@@ -5,8 +5,8 @@ and a 1-process run of the same config see the same sequences at every step. Wit
 balance loss (its counts summed over the ranks) and z-loss (a per-token mean), the objectives are the
 same function; the runs differ only in float rounding (matmuls over fewer rows, a gradient all-reduce,
 all-to-alls): the logged per-step losses agree within 1e-5 absolute over 10 steps (measured: ≤ 7e-7),
-for data parallelism (dp2) and for expert parallelism with the 16 experts split over the 2 ranks
-(ep2). Checkpoints hold the unsharded layout: a checkpoint of any of the three resumes in any other at
+for data parallelism (dp2), for expert parallelism with the 16 experts split over the 2 ranks (ep2),
+and for 4 ranks as two expert-parallel pairs that are data-parallel to each other (ep2x2). Checkpoints hold the unsharded layout: a checkpoint of any of the three resumes in any other at
 the same data position and continues the same losses, and ``load_model`` reads the ep2 run's weights.
 """
 
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow  # each run is a subprocess (2 of them under torch
 
 OVERRIDES = ("balance=[global_aux,z_loss]", "trainer.max_steps=10", "trainer.save_every=5", "trainer.log_every=1",
              "trainer.eval_sequences_per_domain=2")
-LAYOUTS = {"1": (1, ()), "dp2": (2, ()), "ep2": (2, ("parallel.expert=2",))}  # processes, overrides
+# processes, overrides; ep2x2: 4 ranks, two expert-parallel pairs, each shard's gradient averaged over 2 replicas
+LAYOUTS = {"1": (1, ()), "dp2": (2, ()), "ep2": (2, ("parallel.expert=2",)), "ep2x2": (4, ("parallel.expert=2",))}
 TOLERANCE = 1e-5
 
 
@@ -43,7 +44,7 @@ def max_gap(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("layout", ["dp2", "ep2"])
+@pytest.mark.parametrize("layout", ["dp2", "ep2", "ep2x2"])
 def test_two_processes_log_the_losses_of_one_process_with_the_whole_batch(full_runs, layout):
     one, two = losses(full_runs["1"]), losses(full_runs[layout])
     assert len(one) == len(two) == 10
