@@ -63,6 +63,7 @@ class TrainerConfig:
     progress: bool
     domain_pure_batches: bool  # each micro-batch from one domain, domains in turn (moe/batches.py)
     freeze: str | tuple[str, ...]  # one of FREEZE, or a list of them (their union is frozen)
+    peak_flops: float | None  # FLOP/s of one device for MFU (moe/flops.py); None: measured by a matmul probe
 
     def __post_init__(self):
         freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
@@ -79,6 +80,9 @@ class TrainerConfig:
         value = self.eval_sequences_per_domain
         _require(value is None or (isinstance(value, int) and value >= 1),
                  f"trainer.eval_sequences_per_domain={value!r} must be an integer >= 1 or null (the whole split)")
+        _require(self.peak_flops is None or self.peak_flops > 0,
+                 f"trainer.peak_flops={self.peak_flops!r} must be a number > 0 (FLOP/s of one device) or null "
+                 f"(measure)")
         _require(self.keep_last >= 0, f"trainer.keep_last={self.keep_last} must be >= 0 (0 keeps all)")
         _require(
             self.mixed_precision in MIXED_PRECISION,

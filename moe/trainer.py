@@ -38,11 +38,13 @@ from safetensors.torch import save_model
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from moe.balance.counts import all_reduce_sum
 from moe.batches import MicroBatchSchedule
 from moe.checkpoint import begin_checkpoint, commit_checkpoint, list_checkpoints, write_config, write_text_atomic
 from moe.data.packing import masked_targets
 from moe.evaluation import eval_indices, evaluate
 from moe.finetune import freeze_parameters
+from moe.flops import measure_peak_flops, training_flops_per_token
 from moe.metrics import MetricWindow
 from moe.models.build import build_model
 from moe.optim import build_optimizer
@@ -79,6 +81,7 @@ class Trainer:
             raise ValueError(f"data sequences of {self.data.train.input_ids.shape[1] - 1} tokens exceed "
                              f"model.max_seq_len={model.max_seq_len}")
         self.trainable_params, self.total_params = freeze_parameters(model, self.plan.trainer.freeze)
+        self.flops_per_token = training_flops_per_token(model, self.data.train.input_ids.shape[1] - 1)
         if self.plan.trainer.compile_moe:
             for layer in model.moe_layers:
                 layer.compile()  # in place: parameter names and checkpoints are unchanged
@@ -112,11 +115,22 @@ class Trainer:
             num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
             domain_ids=data.train.domain_ids, domain_pure=trainer.domain_pure_batches)
         self.make_logger = instantiate(self.plan.config["logger"], "logger")
+        self.peak_flops = self._peak_flops()
         # batch_size is the global micro-batch (every rank reads its share of it: moe/batches.py)
         self.tokens_per_micro_step = trainer.batch_size * (data.train.input_ids.shape[1] - 1)
         val_ids = eval_indices(data.val.domain_ids, trainer.eval_sequences_per_domain)  # the same subset at every eval
         self.val = (data.val.input_ids[val_ids], data.val.domain_ids[val_ids],
                     None if data.val.loss_mask is None else data.val.loss_mask[val_ids])
+
+    def _peak_flops(self) -> float:
+        """The MFU denominator: every rank's peak FLOP/s summed (trainer.peak_flops × ranks, or each rank's
+        matmul probe, run on all ranks at once so that ranks sharing a machine share its rate)."""
+        trainer = self.plan.trainer
+        if trainer.peak_flops is not None:
+            return trainer.peak_flops * self.accelerator.num_processes
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.mixed_precision, torch.float32)
+        measured = torch.tensor(measure_peak_flops(self.accelerator.device, dtype), dtype=torch.float64)
+        return float(all_reduce_sum(measured))
 
     # -- the run directory: created only now, after every check has passed
 
@@ -215,6 +229,7 @@ class Trainer:
         self.record = {"step": self.step, "tokens_seen": self.micro_step * self.tokens_per_micro_step,
                        "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": window.tokens / max(elapsed, 1e-9),
                        **window.summary()}
+        self.record["mfu"] = self.record["tokens_per_s"] * self.flops_per_token / self.peak_flops
         if grad_norm is not None:
             self.record["grad_norm"] = float(grad_norm)
         if eval_now:
@@ -260,7 +275,10 @@ class Trainer:
             "run_dir": str(run_dir), "step": self.step, "max_steps": self.plan.trainer.max_steps,
             "interrupted_by": interrupted_by, "train_loss": self.record.get("lm_loss"),
             "val_loss": val.get("val/loss"), "unigram_entropy": self.data.unigram_entropy,
-            "tokens_per_s": self.record.get("tokens_per_s"), "trainable_params": self.trainable_params,
+            "tokens_per_s": self.record.get("tokens_per_s"), "mfu": self.record.get("mfu"),
+            "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops,
+            "peak_flops_source": "config" if self.plan.trainer.peak_flops else "measured",
+            "trainable_params": self.trainable_params,
             "total_params": self.total_params, "mixed_precision": self.plan.trainer.mixed_precision,
             "val_domain_losses": {k: v for k, v in val.items() if k.count("/") == 2 and k.endswith("/loss")},
             "checkpoints": [p.name for p in list_checkpoints(run_dir)],
@@ -291,5 +309,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"moe-lab: {state} step {summary['step']}/{summary['max_steps']} | val loss {fmt(summary['val_loss'])} "
         f"nats/token ({domains}) vs unigram entropy {fmt(summary['unigram_entropy'])} | train lm loss "
         f"{fmt(summary['train_loss'])} | {summary['tokens_per_s'] or 0:.0f} tokens/s "
-        f"({_PRECISION_NAMES.get(summary['mixed_precision'], summary['mixed_precision'])}) | {summary['run_dir']}"
+        f"({_PRECISION_NAMES.get(summary['mixed_precision'], summary['mixed_precision'])}, MFU "
+        f"{100 * (summary['mfu'] or 0):.1f}% of {summary['peak_flops'] / 1e9:.0f} GFLOP/s "
+        f"{summary['peak_flops_source']}) | {summary['run_dir']}"
     )

@@ -134,6 +134,10 @@ class Attention(nn.Module):
         self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
         self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
 
+    def score_flops(self, context: float) -> float:
+        """Forward FLOPs per token of q·kᵀ and of the weighted sum of values over ``context`` positions."""
+        return 2 * context * self.n_heads * 2 * self.head_dim
+
     def forward(self, x_BSD: torch.Tensor, cache: dict | None = None, *, delta_q: torch.Tensor | None = None,
                 delta_kv: torch.Tensor | None = None) -> torch.Tensor:
         """``cache`` (incremental decoding, moe/models/decode_state.py): the keys and values of the tokens

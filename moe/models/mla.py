@@ -96,6 +96,10 @@ class MLAttention(nn.Module):
         """RMSNorm in float32: under bf16 autocast the projections are bf16 while the gains stay fp32."""
         return norm(x.float()).to(x.dtype)
 
+    def score_flops(self, context: float) -> float:
+        """Forward FLOPs per token of q·kᵀ (nope + rope dims) and of the weighted sum of values over ``context``."""
+        return 2 * context * self.n_heads * (self.nope_dim + self.rope_dim + self.v_dim)
+
     def forward(self, x_BSD: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """``cache`` (incremental decoding): the compressed latents c^KV and the rotated shared RoPE keys of the
         tokens seen so far — not the expanded per-head keys and values, which are recomputed from them."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moe.analysis.params import expected_experts_per_token
 from moe.layer import LayerAux, MoELayer
 from moe.models.attention import (
     apply_rope,
@@ -86,6 +87,10 @@ class MixtureOfAttentionHeads(MoELayer):
         cos_SR, sin_SR = rope_cos_sin(max_seq_len, head_dim, rope_theta)
         self.register_buffer("rope_cos_SR", cos_SR, persistent=False)
         self.register_buffer("rope_sin_SR", sin_SR, persistent=False)
+
+    def score_flops(self, context: float) -> float:
+        """Forward FLOPs per token of q·kᵀ and the value sum: top_k experts × ``heads`` heads each."""
+        return 2 * context * expected_experts_per_token(self.router) * self.heads * 2 * self.head_dim
 
     def forward(self, x_BSD: torch.Tensor, token_ids_BS: torch.Tensor | None = None, *,
                 defer_sums: bool = False, cache: dict | None = None) -> tuple[torch.Tensor, LayerAux]:

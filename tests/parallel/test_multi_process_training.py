@@ -6,8 +6,9 @@ balance loss (its counts summed over the ranks) and z-loss (a per-token mean), t
 same function; the runs differ only in float rounding (matmuls over fewer rows, a gradient all-reduce,
 all-to-alls): the logged per-step losses agree within 1e-5 absolute over 10 steps (measured: ≤ 7e-7),
 for data parallelism (dp2), for expert parallelism with the 16 experts split over the 2 ranks (ep2),
-and for 4 ranks as two expert-parallel pairs that are data-parallel to each other (ep2x2). Checkpoints hold the unsharded layout: a checkpoint of any of the three resumes in any other at
-the same data position and continues the same losses, and ``load_model`` reads the ep2 run's weights.
+and for 4 ranks as two expert-parallel pairs that are data-parallel to each other (ep2x2). Checkpoints
+hold the unsharded layout: a checkpoint of 1, dp2 or ep2 resumes in another of them at the same data
+position and continues the same losses, and ``load_model`` reads the ep2 run's weights.
 """
 
 from __future__ import annotations
