@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUTS = {"1 process": (1, []), "2 processes, DP (EP=1)": (2, []),
-           "2 processes, EP=2": (2, ["parallel.expert=2"])}
+LAYOUTS = {"1 process": ("one", 1, []), "2 processes, DP (EP=1)": ("dp2", 2, []),
+           "2 processes, EP=2": ("ep2", 2, ["parallel.expert=2"])}  # label: (run directory, processes, overrides)
 
 
 def worker(out: str, overrides: list[str]) -> None:
@@ -88,10 +88,10 @@ def main() -> None:
         return worker(args.worker, overrides)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (nproc, extra) in LAYOUTS.items():
+        for name, (slug, nproc, extra) in LAYOUTS.items():
             common = [f"trainer.max_steps={args.steps}", "trainer.log_every=10", "trainer.eval_every=100000",
                       "trainer.eval_sequences_per_domain=4", "trainer.progress=false", "logger=none",
-                      f"run_dir={Path(tmp) / name.replace(' ', '_').replace(',', '')}"]
+                      f"run_dir={Path(tmp) / slug}"]
             result = launch(nproc, [*common, *extra, *overrides], Path(tmp))
             rows.append({"layout": name, "processes": nproc, **result})
             print(f"{name:<26} {result['tokens_per_s']:>8.0f} tokens/s  MFU {100 * result['mfu']:5.1f}%  "
