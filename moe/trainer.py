@@ -11,10 +11,10 @@ targets are -100, which the model's cross-entropy skips, in training and evaluat
 ``trainer.freeze`` turns off gradients of the router, the routed experts, or everything but the routed
 experts, and leaves them out of the optimizer.
 
-Several processes (torchrun) train data-parallel: accelerate wraps the model in DDP. With
-``parallel.expert`` = N > 1 each rank keeps E/N experts of every MoE layer (moe/parallel/); DDP skips
-those shards, whose gradients and norm are settled by moe/parallel/sharding.py, and checkpoints are
-saved and loaded with the stacks gathered whole, so they have the layout of a one-process run.
+Several processes (torchrun) train data-parallel; ``parallel`` picks how the model is spread over them
+(moe/parallel/layout.py: DDP through accelerate, expert shards, or FSDP). Checkpoints are saved and
+loaded in the layout of a one-process run (moe/parallel/train_state.py), so any run resumes in any
+layout and world size.
 
 Resume (``trainer.resume=true``) restores weights, optimizer, scheduler and RNG states from the
 latest checkpoint of ``run_dir`` and continues at its micro-step, so the losses after resuming equal
@@ -34,8 +34,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from safetensors.torch import save_model
-from torch.nn.parallel import DistributedDataParallel
+from safetensors.torch import load_model, save_model
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from tqdm.auto import tqdm
 
 from moe.balance.counts import all_reduce_sum
@@ -48,8 +48,8 @@ from moe.flops import measure_peak_flops, training_flops_per_token
 from moe.metrics import MetricWindow
 from moe.models.build import build_model
 from moe.optim import build_optimizer
-from moe.parallel.expert_parallel import ExpertParallelGroup
-from moe.parallel.sharding import clip_grad_norm, shard_experts, sync_expert_grads, unsharded_experts
+from moe.parallel.layout import Layout
+from moe.parallel.train_state import OPTIMIZER_FILE, load_train_state, save_train_state
 from moe.run_plan import RunPlan
 from moe.spec import instantiate
 from moe.stop_request import StopRequest
@@ -89,10 +89,6 @@ class Trainer:
 
     def _build_optimization(self) -> None:
         trainer, optim, data = self.plan.trainer, self.plan.optim, self.data
-        optimizer = build_optimizer(self.model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
-                                    eps=optim.eps, router_lr_scale=optim.router_lr_scale,
-                                    fused=optim.fused)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.plan.schedule())
         # accelerate keeps one process-wide state whose precision cannot change; a run is a fresh start, so
         # a second run in the same process (a notebook, a test) may pick another precision. The process
         # group (PartialState) is kept.
@@ -102,14 +98,17 @@ class Trainer:
         cpu = trainer.cpu or (self.plan.world_size > 1 and not torch.cuda.is_available())
         self.accelerator = Accelerator(mixed_precision=trainer.mixed_precision, cpu=cpu,
                                        gradient_accumulation_steps=trainer.grad_accum_steps)
-        self.expert_parallel = self.plan.parallel.expert > 1
-        if self.expert_parallel:  # the process group exists now; DDP must leave the shards alone
-            sharded = shard_experts(self.model, ExpertParallelGroup.create(self.plan.parallel.expert))
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, sharded)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
-        # stepped by hand once per optimizer step (accelerate would step it once per process)
-        self.accelerator.register_for_checkpointing(self.scheduler)
-        self.raw_model = self.accelerator.unwrap_model(self.model)
+        self.layout = Layout(self.plan.parallel)
+
+        def make_optimizer(model):  # after sharding: FSDP's optimizer holds the sharded parameters
+            optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
+                                        eps=optim.eps, router_lr_scale=optim.router_lr_scale, fused=optim.fused)
+            # stepped by hand once per optimizer step (accelerate would step it once per process)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.plan.schedule())
+            return optimizer
+
+        self.model, self.optimizer, self.raw_model = self.layout.prepare(self.accelerator, self.model, make_optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)  # for checkpoints in the former layout
         self.batches = MicroBatchSchedule(
             num_sequences=len(data.train), batch_size=trainer.batch_size, seed=trainer.seed,
             num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
@@ -148,12 +147,26 @@ class Trainer:
                       f"of {self.total_params:,} parameters", flush=True)
         self.logger = self.make_logger(run_dir=str(run_dir), config=self.plan.config)
         if self.plan.resume_from is not None:
-            with unsharded_experts(self.raw_model, self.optimizer):  # checkpoints hold the unsharded layout
-                accelerator.load_state(str(self.plan.resume_from / "accelerate"))
+            self._load_checkpoint(self.plan.resume_from)
             self.step, self.micro_step = self.plan.resumed_meta["step"], self.plan.resumed_meta["micro_step"]
             if accelerator.is_main_process:
                 _truncate_metrics(self.metrics_path, self.step)
         accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self, checkpoint: Path) -> None:
+        """Weights, optimizer, scheduler and RNG of a checkpoint, whatever layout wrote it."""
+        accelerator = self.accelerator
+        with self.layout.unsharded(self.raw_model, self.optimizer):
+            if not (checkpoint / OPTIMIZER_FILE).is_file():  # written by accelerator.save_state (before 2026-12)
+                accelerator.load_state(str(checkpoint / "accelerate"))
+                return
+            if self.layout.fsdp:
+                whole = build_model(self.plan.config)
+                load_model(whole, str(checkpoint / "model.safetensors"))
+                set_model_state_dict(self.raw_model, whole.state_dict(), options=StateDictOptions(full_state_dict=True))
+            else:
+                load_model(self.raw_model, str(checkpoint / "model.safetensors"))
+            load_train_state(checkpoint, self.raw_model, self.optimizer, self.scheduler, accelerator.process_index)
 
     # -- steps 3-5: train, evaluate, save
 
@@ -202,17 +215,13 @@ class Trainer:
         # prompt and padding targets become -100 (skipped by the loss); tokens/s still counts every token
         targets = masked_targets(batch, None if train.loss_mask is None else train.loss_mask[picks].to(batch.device))
         with accelerator.accumulate(self.model):
-            out = self.model(batch[:, :-1], targets)
+            with accelerator.autocast():  # a model accelerate did not wrap (FSDP) gets its precision here
+                out = self.model(batch[:, :-1], targets)
             accelerator.backward(out.loss)
             grad_norm = None
-            if accelerator.sync_gradients and self.expert_parallel:
-                sync_expert_grads(self.raw_model)  # DDP averaged the rest
-            if accelerator.sync_gradients and self.plan.optim.grad_clip > 0:
-                if self.expert_parallel:  # the norm of the whole model's gradient, every shard counted once
-                    accelerator.unscale_gradients()
-                    grad_norm = clip_grad_norm(self.raw_model, self.plan.optim.grad_clip)
-                else:
-                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.plan.optim.grad_clip)
+            if accelerator.sync_gradients:
+                grad_norm = self.layout.finish_gradients(accelerator, self.model, self.raw_model,
+                                                         self.plan.optim.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.micro_step += 1
@@ -220,8 +229,11 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         input_ids, domain_ids, loss_mask = self.val
-        return evaluate(self.model, input_ids, domain_ids, self.data.domains, batch_size=self.plan.trainer.batch_size,
-                        device=self.accelerator.device, autocast=self.accelerator.autocast, loss_mask=loss_mask)
+        metrics = evaluate(self.model, input_ids, domain_ids, self.data.domains,
+                           batch_size=self.plan.trainer.batch_size, device=self.accelerator.device,
+                           autocast=self.accelerator.autocast, loss_mask=loss_mask)
+        self.layout.reshard(self.model)
+        return metrics
 
     def log(self, window: MetricWindow, grad_norm: torch.Tensor | None, eval_now: bool) -> None:
         """The window's record (with an evaluation when due) to metrics.jsonl and the logger."""
@@ -252,10 +264,11 @@ class Trainer:
         if accelerator.is_main_process:
             tmp, final = begin_checkpoint(run_dir, self.step)
         tmp = Path(broadcast_object_list([str(tmp)])[0])  # every rank saves its RNG state there
-        with unsharded_experts(self.raw_model, self.optimizer):  # the same layout whatever the run's sharding
-            accelerator.save_state(str(tmp / "accelerate"), safe_serialization=False)
+        with self.layout.unsharded(self.raw_model, self.optimizer):  # one layout whatever the run's sharding
+            save_train_state(tmp, self.raw_model, self.optimizer, self.scheduler, accelerator.process_index)
+            weights = self.layout.weights_to_save(self.raw_model, lambda: build_model(self.plan.config))
             if accelerator.is_main_process:
-                save_model(self.raw_model, str(tmp / "model.safetensors"))
+                save_model(weights, str(tmp / "model.safetensors"))
         accelerator.wait_for_everyone()  # every rank's RNG state is written before rank 0 renames the directory
         if accelerator.is_main_process:
             write_config(tmp / "config.yaml", self.plan.config)

@@ -62,6 +62,44 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(smoke, tmp_path):
         assert a["loss"] == b["loss"] and a["lr"] == b["lr"], (a["step"], a["loss"], b["loss"])
 
 
+def to_former_layout(checkpoint, config) -> None:
+    """Rewrite a checkpoint as runs wrote them before optimizer.pt: accelerate/ from accelerator.save_state
+    (model, optimizer by position, scheduler, RNG states)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from moe.optim import build_optimizer
+    from moe.parallel.train_state import OPTIMIZER_FILE
+
+    model = load_model(checkpoint)
+    optim = {k: v for k, v in config["optim"].items() if k in ("lr", "weight_decay", "betas", "eps", "fused")}
+    optimizer = build_optimizer(model, router_lr_scale=config["optim"]["router_lr_scale"], **optim)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the groups' initial_lr, as in a run
+    saved = torch.load(checkpoint / OPTIMIZER_FILE, weights_only=False)
+    set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
+    rng = torch.load(checkpoint / "rng" / "rank0.pt", weights_only=False)
+    former = checkpoint / "accelerate"
+    former.mkdir()
+    torch.save(model.state_dict(), former / "pytorch_model.bin")
+    torch.save(optimizer.state_dict(), former / "optimizer.bin")
+    torch.save(saved["scheduler"], former / "custom_checkpoint_0.pkl")
+    torch.save({"step": 0, "random_state": rng["python"], "numpy_random_seed": rng["numpy"],
+                "torch_manual_seed": rng["torch"]}, former / "random_states_0.pkl")
+    (checkpoint / OPTIMIZER_FILE).unlink()
+    shutil.rmtree(checkpoint / "rng")
+
+
+def test_a_checkpoint_in_the_former_accelerate_layout_still_resumes_exactly(smoke, tmp_path):
+    overrides = ("trainer.max_steps=8", "trainer.save_every=4", "trainer.keep_last=0", "trainer.log_every=1",
+                 "router.jitter_eps=0.01")
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    run(smoke(*overrides, run_dir=full_dir))
+    shutil.copytree(full_dir, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step_0000008")
+    to_former_layout(resumed_dir / "checkpoints" / "step_0000004", read_config(full_dir / "config.yaml"))
+    run(smoke(*overrides, "trainer.resume=true", run_dir=resumed_dir))
+    assert [r["loss"] for r in read_metrics(resumed_dir)] == [r["loss"] for r in read_metrics(full_dir)]
+
+
 def test_training_on_local_hf_files(smoke, tmp_path):
     rows = [{"text": f"record {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i % 5)}
             for i in range(200)]

@@ -2,7 +2,8 @@
 
 A run launched by ``torchrun`` (or ``accelerate launch``) finds its world size W in the environment
 (``WORLD_SIZE``); every process is a data-parallel rank. ``parallel.expert`` = N > 1 splits each MoE
-layer's routed experts over groups of N consecutive ranks (moe/parallel/expert_parallel.py).
+layer's routed experts over groups of N consecutive ranks (moe/parallel/expert_parallel.py);
+``parallel.fsdp`` shards every parameter and its optimizer state over the ranks (moe/parallel/fsdp.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXPERT_PARALLEL_BACKEND = "moe.experts.GroupedExperts"  # its expert_outputs run
 @dataclass(frozen=True)
 class ParallelConfig:
     expert: int
+    fsdp: bool
 
     def __post_init__(self):
         if isinstance(self.expert, bool) or not isinstance(self.expert, int) or self.expert < 1:
@@ -53,4 +55,13 @@ def checked_parallel(config: dict[str, Any], world_size: int) -> ParallelConfig:
         if backend != EXPERT_PARALLEL_BACKEND:
             raise ValueError(f"parallel.expert={parallel.expert} needs experts=grouped or experts=sorted_loop "
                              f"({EXPERT_PARALLEL_BACKEND}); experts._target_={backend!r}")
+    if parallel.fsdp:
+        if world_size == 1:
+            raise ValueError("parallel.fsdp=true needs a multi-process launch (torchrun --nproc_per_node N "
+                             "train.py ...): one process has nobody to share its parameters with")
+        if parallel.expert > 1:
+            raise ValueError(f"parallel.fsdp=true with parallel.expert={parallel.expert}: choose one (FSDP already "
+                             f"splits each expert stack on its expert dimension)")
+        if config["trainer"].get("compile_moe"):
+            raise ValueError("parallel.fsdp=true with trainer.compile_moe=true is not supported; set one to false")
     return parallel

@@ -6,9 +6,10 @@ balance loss (its counts summed over the ranks) and z-loss (a per-token mean), t
 same function; the runs differ only in float rounding (matmuls over fewer rows, a gradient all-reduce,
 all-to-alls): the logged per-step losses agree within 1e-5 absolute over 10 steps (measured: ≤ 7e-7),
 for data parallelism (dp2), for expert parallelism with the 16 experts split over the 2 ranks (ep2),
-and for 4 ranks as two expert-parallel pairs that are data-parallel to each other (ep2x2). Checkpoints
-hold the unsharded layout: a checkpoint of 1, dp2 or ep2 resumes in another of them at the same data
-position and continues the same losses, and ``load_model`` reads the ep2 run's weights.
+for 4 ranks as two expert-parallel pairs that are data-parallel to each other (ep2x2), and for FSDP2
+over 2 ranks (fsdp2: parameters, gradients and Adam moments sharded). Checkpoints hold the unsharded
+layout: a checkpoint of any layout resumes in another at the same data position and continues the same
+losses, and ``load_model`` reads the weights of the sharded runs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow  # each run is a subprocess (2 of them under torch
 OVERRIDES = ("balance=[global_aux,z_loss]", "trainer.max_steps=10", "trainer.save_every=5", "trainer.log_every=1",
              "trainer.eval_sequences_per_domain=2")
 # processes, overrides; ep2x2: 4 ranks, two expert-parallel pairs, each shard's gradient averaged over 2 replicas
-LAYOUTS = {"1": (1, ()), "dp2": (2, ()), "ep2": (2, ("parallel.expert=2",)), "ep2x2": (4, ("parallel.expert=2",))}
+LAYOUTS = {"1": (1, ()), "dp2": (2, ()), "ep2": (2, ("parallel.expert=2",)), "ep2x2": (4, ("parallel.expert=2",)),
+           "fsdp2": (2, ("parallel.fsdp=true",))}
 TOLERANCE = 1e-5
 
 
@@ -45,7 +47,7 @@ def max_gap(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("layout", ["dp2", "ep2", "ep2x2"])
+@pytest.mark.parametrize("layout", ["dp2", "ep2", "ep2x2", "fsdp2"])
 def test_two_processes_log_the_losses_of_one_process_with_the_whole_batch(full_runs, layout):
     one, two = losses(full_runs["1"]), losses(full_runs[layout])
     assert len(one) == len(two) == 10
@@ -56,15 +58,17 @@ def test_two_processes_log_the_losses_of_one_process_with_the_whole_batch(full_r
     assert sorted(p.name for p in (full_runs[layout] / "checkpoints").iterdir()) == ["step_0000005", "step_0000010"]
 
 
-def test_an_expert_parallel_checkpoint_holds_every_expert(full_runs):
-    reference, sharded = load_model(full_runs["1"]), load_model(full_runs["ep2"])
+@pytest.mark.parametrize("layout", ["ep2", "fsdp2"])
+def test_a_sharded_runs_checkpoint_holds_the_whole_model(full_runs, layout):
+    reference, sharded = load_model(full_runs["1"]), load_model(full_runs[layout])
     assert sharded.blocks[0].ffn.experts.w_gate_EDF.shape[0] == 16
     for (name, a), b in zip(reference.named_parameters(), sharded.parameters(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("trained, resumed", [("dp2", "1"), ("1", "dp2"), ("ep2", "1"), ("1", "ep2")],
-                         ids=["dp2-to-1", "1-to-dp2", "ep2-to-1", "1-to-ep2"])
+@pytest.mark.parametrize("trained, resumed", [("dp2", "1"), ("1", "dp2"), ("ep2", "1"), ("1", "ep2"),
+                                              ("fsdp2", "1"), ("ep2", "fsdp2")],
+                         ids=lambda layout: layout)
 def test_a_checkpoint_resumes_in_another_layout_at_the_same_data_position(full_runs, tmp_path, data_cache,
                                                                           trained, resumed):
     run_dir = tmp_path / "resumed"

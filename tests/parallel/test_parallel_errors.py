@@ -23,6 +23,9 @@ from moe.run_plan import prepare_run
     (2, ("experts=capacity", "parallel.expert=2"),
      r"parallel.expert=2 needs experts=grouped or experts=sorted_loop \(moe.experts.GroupedExperts\); "
      r"experts._target_='moe.experts.CapacityExperts'"),
+    (1, ("parallel.fsdp=true",), r"parallel.fsdp=true needs a multi-process launch"),
+    (2, ("parallel.fsdp=true", "parallel.expert=2"), r"parallel.fsdp=true with parallel.expert=2: choose one"),
+    (2, ("parallel.fsdp=true", "trainer.compile_moe=true"), r"parallel.fsdp=true with trainer.compile_moe=true"),
     (1, ("parallel.expert=0",), r"parallel.expert=0 must be an integer >= 1"),
     (1, ("parallel.expert=two",), r"parallel.expert='two' must be an integer"),
 ])
@@ -42,3 +45,15 @@ def test_a_multi_process_launch_must_name_its_run_dir():
     assert done.stderr.strip().splitlines() == [
         "moe-lab: error: WORLD_SIZE=2: a multi-process launch needs run_dir=PATH (each process would otherwise "
         "stamp its own start time into the default run_dir)"]
+
+
+def test_fsdp_refuses_to_resume_a_checkpoint_of_the_former_layout(smoke, tmp_path, monkeypatch):
+    from moe.training import run
+
+    run(smoke("trainer.max_steps=1"))
+    checkpoint = next((tmp_path / "run" / "checkpoints").iterdir())
+    (checkpoint / "optimizer.pt").unlink()  # as checkpoints written by accelerator.save_state
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"parallel.fsdp=true cannot resume .*step_0000001: it was written before "
+                                         r"checkpoints held optimizer.pt; resume it once without FSDP"):
+        prepare_run(smoke("parallel.fsdp=true", "trainer.resume=true", "trainer.batch_size=4"))
