@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import group_files
+from conftest import compose, group_files
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from moe.models.build import build_model
@@ -31,7 +31,10 @@ def test_every_option_composes_and_builds(group, option, smoke):
 @pytest.mark.parametrize("option", [p.stem for p in group_files("data")])
 def test_every_data_option_composes_and_names_real_keywords(option, smoke, tmp_path):
     extra = [f"data.data_files={tmp_path / 'x.txt'}"] if option == "hf" else []  # hf's data_files is mandatory
-    config = smoke(f"data={option}", *extra)
+    if option == "tokens":  # shards on disk: no cache_dir, a mandatory path
+        config = compose("experiment=smoke", "data=tokens", f"data.path={tmp_path}")
+    else:
+        config = smoke(f"data={option}", *extra)
     assert config["data"]["seq_len"] == config["model"]["max_seq_len"]
     # bind without building: checks the target imports and every key is one of its parameters
     instantiate({**config["data"], "_partial_": True}, "data")
