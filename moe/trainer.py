@@ -175,7 +175,7 @@ class Trainer:
         trainer = self.plan.trainer
         self._open_run_dir()
         progress = tqdm(total=trainer.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                        disable=not (trainer.progress and self.accelerator.is_local_main_process))
+                        disable=not (trainer.progress and self.accelerator.is_main_process))
         if trainer.max_steps == 0 and self.plan.resume_from is None:  # e.g. init=upcycle: write the converted model
             self.val_metrics = self.evaluate()
             self.record = {"step": 0, "tokens_seen": 0, **self.val_metrics}
