@@ -59,6 +59,24 @@ def _load(datasets, *, path, name, data_files, split, cache_dir):
         ) from error
 
 
+def load_text_dataset(*, path, name, data_files, split, text_field, domain_field, max_documents, cache_dir,
+                      option=lambda key: f"data.{key}"):
+    """(the ``datasets`` rows, the domain of rows without a ``domain_field``: the config name, the first local
+    file's stem, or the hub name), after checking the files and columns. ``option`` names a key in errors."""
+    local_files = _check_local_files(data_files) if data_files else []
+    import datasets  # imported here: slow to import, and the embedded default does not need it
+
+    dataset = _load(datasets, path=path, name=name, data_files=data_files, split=split, cache_dir=cache_dir)
+    for key, column in (("text_field", text_field), ("domain_field", domain_field)):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(f"{option(key)}={column!r} is not a column of {path}; columns: {dataset.column_names}")
+    if max_documents is not None:
+        dataset = dataset.select(range(min(max_documents, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"data: {path} (split {split!r}) has no rows")
+    return dataset, name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
+
+
 def build_hf(
     *, seq_len: int, path: str, name: str | None = None, data_files: str | list[str] | dict | None = None,
     split: str = "train", text_field: str = "text", domain_field: str | None = None,
@@ -78,19 +96,9 @@ def build_hf(
         raise ValueError(f"data.max_documents={max_documents} must be >= 1 (or null for all rows)")
     if path in LOCAL_BUILDERS and not data_files:
         raise ValueError(f"data.path={path!r} reads local files: set data.data_files")
-    local_files = _check_local_files(data_files) if data_files else []
-    import datasets  # imported here: slow to import, and the embedded default does not need it
-
-    dataset = _load(datasets, path=path, name=name, data_files=data_files, split=split, cache_dir=cache_dir)
-    for option, column in (("text_field", text_field), ("domain_field", domain_field)):
-        if column is not None and column not in dataset.column_names:
-            raise ValueError(f"data.{option}={column!r} is not a column of {path}; columns: {dataset.column_names}")
-    if max_documents is not None:
-        dataset = dataset.select(range(min(max_documents, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError(f"data: {path} (split {split!r}) has no rows")
-
-    default_domain = name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
+    dataset, default_domain = load_text_dataset(
+        path=path, name=name, data_files=data_files, split=split, text_field=text_field, domain_field=domain_field,
+        max_documents=max_documents, cache_dir=cache_dir)
     tokenizer = load_tokenizer("byte" if tokenizer == "auto" else tokenizer, eos_token)
     rows = _tokenized_rows(dataset, tokenizer, text_field=text_field, domain_field=domain_field,
                            default_domain=default_domain)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moe.data.hf import _check_local_files, _load
+from moe.data.hf import load_text_dataset
 from moe.data.split import check_val_fraction, is_validation
 from moe.data.token_shards import FORMAT, MANIFEST
 from moe.data.tokenizer import load_tokenizer
@@ -69,17 +69,10 @@ def tokenize_to_shards(*, out: str | Path, path: str, name: str | None = None, d
     for option, value in (("--num-proc", num_proc), ("--shard-tokens", shard_tokens)):
         if value < 1:
             raise ValueError(f"{option}={value} must be >= 1")
-    local_files = _check_local_files(data_files) if data_files else []
     tok = load_tokenizer(tokenizer, eos_token)
-    import datasets
-
-    dataset = _load(datasets, path=path, name=name, data_files=data_files, split=split, cache_dir=cache_dir)
-    for option, column in (("--text-field", text_field), ("--domain-field", domain_field)):
-        if column is not None and column not in dataset.column_names:
-            raise ValueError(f"{option}={column!r} is not a column of {path}; columns: {dataset.column_names}")
-    if max_documents is not None:
-        dataset = dataset.select(range(min(max_documents, len(dataset))))
-    default_domain = name or (Path(local_files[0]).stem if local_files else path.rstrip("/").split("/")[-1])
+    dataset, default_domain = load_text_dataset(
+        path=path, name=name, data_files=data_files, split=split, text_field=text_field, domain_field=domain_field,
+        max_documents=max_documents, cache_dir=cache_dir, option=lambda key: "--" + key.replace("_", "-"))
 
     def encode(batch, indices):
         domains = batch[domain_field] if domain_field else [default_domain] * len(indices)
