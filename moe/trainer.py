@@ -34,8 +34,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from safetensors.torch import load_model, save_model
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from moe.balance.counts import all_reduce_sum
@@ -160,12 +159,8 @@ class Trainer:
             if not (checkpoint / OPTIMIZER_FILE).is_file():  # written by accelerator.save_state (before 2026-12)
                 accelerator.load_state(str(checkpoint / "accelerate"))
                 return
-            if self.layout.fsdp:
-                whole = build_model(self.plan.config)
-                load_model(whole, str(checkpoint / "model.safetensors"))
-                set_model_state_dict(self.raw_model, whole.state_dict(), options=StateDictOptions(full_state_dict=True))
-            else:
-                load_model(self.raw_model, str(checkpoint / "model.safetensors"))
+            self.layout.load_weights(self.raw_model, checkpoint / "model.safetensors",
+                                     lambda: build_model(self.plan.config))
             load_train_state(checkpoint, self.raw_model, self.optimizer, self.scheduler, accelerator.process_index)
 
     # -- steps 3-5: train, evaluate, save

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from moe.parallel.config import ParallelConfig
@@ -77,3 +80,13 @@ class Layout:
         whole = build()
         whole.load_state_dict(state)
         return whole
+
+    def load_weights(self, raw_model: nn.Module, file: Path, build: Callable[[], nn.Module]) -> None:
+        """Inside :meth:`unsharded`: the whole model's weights from a safetensors file (FSDP: read into a fresh
+        ``build()`` and scattered to the shards)."""
+        if not self.fsdp:
+            load_model(raw_model, str(file))
+            return
+        whole = build()
+        load_model(whole, str(file))
+        set_model_state_dict(raw_model, whole.state_dict(), options=StateDictOptions(full_state_dict=True))
