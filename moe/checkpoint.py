@@ -7,13 +7,14 @@ Layout::
     RUN_DIR/checkpoints/step_0000200/
         model.safetensors                  weights (tied embeddings stored once), unsharded
         config.yaml                        the config that built them (load_model needs only this dir)
-        optimizer.pt                       optimizer state by parameter name (unsharded) and LR scheduler
+        optimizer/                         optimizer state by parameter name (torch.distributed.checkpoint)
+        train_state.pt                     LR scheduler
         rng/rank{r}.pt                     each rank's RNG states (moe/parallel/train_state.py)
         meta.json                          step, micro-step (the data position), tokens seen, versions
 
 (Checkpoints written before 2026-12-01 hold ``accelerate/``, from ``accelerator.save_state``, instead of
-``optimizer.pt`` and ``rng/``; they still resume.) Whatever the run's parallel layout, a checkpoint has
-the layout of a one-process run.
+``optimizer/``, ``train_state.pt`` and ``rng/``; they still resume.) Whatever the run's parallel layout,
+a checkpoint loads into any other: the weights are unsharded, the optimizer state is resharded on load.
 
 A checkpoint is assembled in a hidden temporary directory and renamed into place in one step, and
 ``meta.json`` is its last file: a directory without it is never taken for a checkpoint, so a run

@@ -26,7 +26,7 @@ from moe.checkpoint import latest_checkpoint, read_config, read_meta
 from moe.finetune import adopt_checkpoint_config, adopt_upcycle_source, resolve_tokenizer
 from moe.optim import warmup_cosine
 from moe.parallel.config import ParallelConfig, checked_parallel, launched_world_size
-from moe.parallel.train_state import OPTIMIZER_FILE
+from moe.parallel.train_state import TRAIN_STATE_FILE
 from moe.precision import resolve_mixed_precision
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.train_config import OptimConfig, TrainerConfig, from_mapping
@@ -69,9 +69,9 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
     plan.parallel = checked_parallel(plan.config, plan.world_size)  # after adoption: it knows num_experts
     plan.resume_from = _checked_run_dir(plan.run_dir, trainer.resume)
     if plan.resume_from is not None:
-        if plan.parallel.fsdp and not (plan.resume_from / OPTIMIZER_FILE).is_file():
+        if plan.parallel.fsdp and not (plan.resume_from / TRAIN_STATE_FILE).is_file():
             raise ValueError(f"parallel.fsdp=true cannot resume {plan.resume_from}: it was written before "
-                             f"checkpoints held {OPTIMIZER_FILE}; resume it once without FSDP")
+                             f"checkpoints held {TRAIN_STATE_FILE}; resume it once without FSDP")
         plan.resumed_meta = read_meta(plan.resume_from)
         plan.schedule_steps = schedule_steps_on_resume(
             recorded=recorded_schedule_steps(plan.resumed_meta, read_config(plan.resume_from / "config.yaml")),

@@ -48,7 +48,7 @@ from moe.metrics import MetricWindow
 from moe.models.build import build_model
 from moe.optim import build_optimizer
 from moe.parallel.layout import Layout
-from moe.parallel.train_state import OPTIMIZER_FILE, load_train_state, save_train_state
+from moe.parallel.train_state import TRAIN_STATE_FILE, load_train_state, save_train_state
 from moe.run_plan import RunPlan
 from moe.spec import instantiate
 from moe.stop_request import StopRequest
@@ -156,7 +156,7 @@ class Trainer:
         """Weights, optimizer, scheduler and RNG of a checkpoint, whatever layout wrote it."""
         accelerator = self.accelerator
         with self.layout.unsharded(self.raw_model, self.optimizer):
-            if not (checkpoint / OPTIMIZER_FILE).is_file():  # written by accelerator.save_state (before 2026-12)
+            if not (checkpoint / TRAIN_STATE_FILE).is_file():  # written by accelerator.save_state (before 2026-12)
                 accelerator.load_state(str(checkpoint / "accelerate"))
                 return
             self.layout.load_weights(self.raw_model, checkpoint / "model.safetensors",

@@ -63,28 +63,26 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(smoke, tmp_path):
 
 
 def to_former_layout(checkpoint, config) -> None:
-    """Rewrite a checkpoint as runs wrote them before optimizer.pt: accelerate/ from accelerator.save_state
+    """Rewrite a checkpoint as runs wrote them before train_state.pt: accelerate/ from accelerator.save_state
     (model, optimizer by position, scheduler, RNG states)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     from moe.optim import build_optimizer
-    from moe.parallel.train_state import OPTIMIZER_FILE
+    from moe.parallel.train_state import load_train_state
 
     model = load_model(checkpoint)
     optim = {k: v for k, v in config["optim"].items() if k in ("lr", "weight_decay", "betas", "eps", "fused")}
     optimizer = build_optimizer(model, router_lr_scale=config["optim"]["router_lr_scale"], **optim)
-    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the groups' initial_lr, as in a run
-    saved = torch.load(checkpoint / OPTIMIZER_FILE, weights_only=False)
-    set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # its state comes from the file
     rng = torch.load(checkpoint / "rng" / "rank0.pt", weights_only=False)
+    load_train_state(checkpoint, model, optimizer, scheduler, rank=0)
     former = checkpoint / "accelerate"
     former.mkdir()
     torch.save(model.state_dict(), former / "pytorch_model.bin")
     torch.save(optimizer.state_dict(), former / "optimizer.bin")
-    torch.save(saved["scheduler"], former / "custom_checkpoint_0.pkl")
+    torch.save(scheduler.state_dict(), former / "custom_checkpoint_0.pkl")
     torch.save({"step": 0, "random_state": rng["python"], "numpy_random_seed": rng["numpy"],
                 "torch_manual_seed": rng["torch"]}, former / "random_states_0.pkl")
-    (checkpoint / OPTIMIZER_FILE).unlink()
+    (checkpoint / "train_state.pt").unlink()
+    shutil.rmtree(checkpoint / "optimizer")
     shutil.rmtree(checkpoint / "rng")
 
 

@@ -52,8 +52,8 @@ def test_fsdp_refuses_to_resume_a_checkpoint_of_the_former_layout(smoke, tmp_pat
 
     run(smoke("trainer.max_steps=1"))
     checkpoint = next((tmp_path / "run" / "checkpoints").iterdir())
-    (checkpoint / "optimizer.pt").unlink()  # as checkpoints written by accelerator.save_state
+    (checkpoint / "train_state.pt").unlink()  # as checkpoints written by accelerator.save_state
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"parallel.fsdp=true cannot resume .*step_0000001: it was written before "
-                                         r"checkpoints held optimizer.pt; resume it once without FSDP"):
+                                         r"checkpoints held train_state.pt; resume it once without FSDP"):
         prepare_run(smoke("parallel.fsdp=true", "trainer.resume=true", "trainer.batch_size=4"))
