@@ -1,5 +1,5 @@
-"""Training tokens/s of the default job in 1 process, 2 data-parallel processes (EP=1) and 2 expert-parallel
-processes (EP=2), with the share of time spent in all-to-all.
+"""Training tokens/s of the default job in 1 process, 2 data-parallel processes (EP=1), 2 expert-parallel
+processes (EP=2) and 2 FSDP processes, with the share of time spent in all-to-all.
 
     .venv/bin/python bench/scaling.py [--steps 60] [--json bench/results/scaling.json] [override ...]
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = {"1 process": ("one", 1, []), "2 processes, DP (EP=1)": ("dp2", 2, []),
-           "2 processes, EP=2": ("ep2", 2, ["parallel.expert=2"])}  # label: (run directory, processes, overrides)
+           "2 processes, EP=2": ("ep2", 2, ["parallel.expert=2"]),
+           "2 processes, FSDP": ("fsdp2", 2, ["parallel.fsdp=true"])}  # label: (run directory, processes, overrides)
 
 
 def worker(out: str, overrides: list[str]) -> None:
