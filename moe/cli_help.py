@@ -3,7 +3,7 @@
 Hydra's own help lists the groups and dumps the composed config, but YAML comments — where each of our
 keys says what it means and which values it takes — are lost in composition. This help is read from
 the config files themselves: a choice's description is the first comment line of its file, and the
-keys of the default model, trainer and optim files are printed as written, comments included.
+keys of the default model, trainer, optim and parallel files are printed as written, comments included.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-KEY_GROUPS = ("model", "trainer", "optim")  # the default file of each: one commented line per key
+KEY_GROUPS = ("model", "trainer", "optim", "parallel")  # the default file of each: one commented line per key
 
 
 def _first_comment(path: Path) -> str:
