@@ -2,7 +2,7 @@
 
     python eval/generate.py RUN_DIR_OR_HF_DIR --prompt "def fib(n):" [--prompt ...] [--max-new-tokens 64]
         [--temperature 0] [--top-k K] [--top-p P] [--seed 0] [--no-stop] [--scmoe-beta 0.5 --scmoe-rank 2]
-        [--offload-experts N]
+        [--offload-experts N [--offload-tier auto|disk|host]]
 
 The tokenizer is the one the model was trained with: a tokenizer.json in the directory, else the run's
 ``data.tokenizer``, else moe-lab's bytes. Generation stops at the tokenizer's end-of-document token
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--scmoe-rank", type=int, default=2, help="SCMoE's weak pass: each token's r-th expert")
     parser.add_argument("--scmoe-alpha", type=float, default=0.1, help="SCMoE's plausibility cutoff α")
     parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
-                        help="keep N routed experts per layer in memory, the rest in a temporary file (moe/offload.py)")
+                        help="keep N routed experts per layer on the device, the rest in the slow tier "
+                             "(moe/offload.py)")
+    parser.add_argument("--offload-tier", choices=("auto", "disk", "host"), default="auto",
+                        help="where offloaded experts wait: a temporary file (disk) or CPU memory (host); "
+                             "auto: host for a model on a GPU, else disk")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         tokenizer = load_tokenizer(source_tokenizer(args.path))
         model = load_model(args.path, device=args.device)
         if args.offload_experts is not None:
-            stats = offload_experts(model, resident=args.offload_experts,
+            stats = offload_experts(model, resident=args.offload_experts, tier=args.offload_tier,
                                     store=Path(tempfile.mkdtemp(prefix="moe-offload-")) / "experts")
         prompts = [tokenizer.encode(text) for text in args.prompt]
         scmoe = None if args.scmoe_beta is None else SCMoE(beta=args.scmoe_beta, alpha=args.scmoe_alpha,

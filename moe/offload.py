@@ -3,8 +3,9 @@ offloading"): the routed experts live in a slower tier and only ``resident`` of 
 held in fast memory, in an LRU cache; each layer speculatively prefetches the next layer's likely experts
 by applying that layer's router to its own input (the hidden state changes little from layer to layer).
 
-Here the slow tier is a safetensors file on disk, read through safetensors' memory map (on a GPU the same
-code would keep the file's tensors in CPU memory and move them to the device). A forward:
+The slow tier (``tier``) is either a safetensors file on disk, read through safetensors' memory map
+(``disk``, the default when the model runs on the CPU), or host memory (``host``, the default when it runs
+on a GPU: each expert's tensors in pinned CPU memory, copied to the device when needed). A forward:
 
 1. routes as usual; the experts it needs that are not resident are read from the file (a *miss*), the
    least recently used evicted to keep ``resident`` (the experts this forward needs stay until it ends);
@@ -49,24 +50,51 @@ class OffloadStats:
                 "bytes_read_per_token": self.bytes_read / tokens if tokens else float("nan")}
 
 
-class OffloadedExperts(nn.Module):
-    """A layer's experts read on demand from ``path`` (tensors ``{name}.{e}``), ``resident`` of them cached."""
+TIERS = ("auto", "disk", "host")
 
-    def __init__(self, experts: SwiGLUExperts, path: Path, resident: int, stats: OffloadStats):
+
+class DiskTier:
+    """Experts' tensors ``{name}.{e}`` in a safetensors file, read on the device when needed."""
+
+    def __init__(self, path: Path, names: tuple[str, ...], device: torch.device):
+        self.path, self.names, self.device = path, names, device
+
+    def read(self, e: int) -> tuple[torch.Tensor, ...]:
+        with safe_open(str(self.path), framework="pt", device=str(self.device)) as f:
+            return tuple(f.get_tensor(f"{name}.{e}") for name in self.names)
+
+
+class HostTier:
+    """Experts' tensors in CPU memory (pinned when CUDA is there, so the copy can overlap), copied to the
+    device when needed."""
+
+    def __init__(self, stacks: tuple[torch.Tensor, ...], device: torch.device):
+        pin = torch.cuda.is_available()
+        self.experts = [tuple((w[e].detach().cpu().clone().pin_memory() if pin else w[e].detach().cpu().clone())
+                              for w in stacks) for e in range(stacks[0].shape[0])]
+        self.device = device
+
+    def read(self, e: int) -> tuple[torch.Tensor, ...]:
+        return tuple(w.to(self.device, non_blocking=True) for w in self.experts[e])
+
+
+class OffloadedExperts(nn.Module):
+    """A layer's experts read on demand from a slow tier (:class:`DiskTier` or :class:`HostTier`),
+    ``resident`` of them cached on the device."""
+
+    def __init__(self, experts: SwiGLUExperts, tier: DiskTier | HostTier, resident: int, stats: OffloadStats):
         super().__init__()
         self.num_experts, self.activation = experts.num_experts, experts.activation
         self.d_model, self.d_ff = experts.d_model, experts.d_ff
         self.names = PARAMETERS[experts.activation]
         self.expert_outputs = experts.expert_outputs  # the same dispatch as the resident experts
-        self.path, self.resident, self.stats = path, resident, stats
+        self.tier, self.resident, self.stats = tier, resident, stats
         self.cache: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
         self.prefetched: set[int] = set()
         self.next_layer: nn.Module | None = None  # the next MoE layer, whose experts this one prefetches
-        self.device = next(experts.parameters()).device
 
     def _read(self, e: int) -> tuple[torch.Tensor, ...]:
-        with safe_open(str(self.path), framework="pt", device=str(self.device)) as f:
-            weights = tuple(f.get_tensor(f"{name}.{e}") for name in self.names)
+        weights = self.tier.read(e)
         self.stats.bytes_read += sum(w.numel() * w.element_size() for w in weights)
         return weights
 
@@ -112,12 +140,18 @@ class OffloadedExperts(nn.Module):
         return y_TD
 
 
-def offload_experts(model: nn.Module, *, resident: int, store: str | Path, prefetch: bool = True) -> OffloadStats:
-    """Move every MoE FFN's routed experts of ``model`` into safetensors files in the new directory ``store``
+def offload_experts(model: nn.Module, *, resident: int, store: str | Path | None = None, prefetch: bool = True,
+                    tier: str = "auto") -> OffloadStats:
+    """Move every MoE FFN's routed experts of ``model`` into the slow ``tier`` (``disk``: safetensors files in
+    the new directory ``store``; ``host``: CPU memory; ``auto``: host when the model is on a GPU, else disk)
     and replace them by :class:`OffloadedExperts` keeping ``resident`` per layer. Returns the shared stats."""
     layers = [block.ffn for block in model.blocks if block.is_moe]
     if not layers:
         raise ValueError("the model has no routed FFN experts to offload (a dense model?)")
+    if tier not in TIERS:
+        raise ValueError(f"offload.tier={tier!r} is not one of {TIERS}")
+    device = next(model.parameters()).device
+    tier = ("host" if device.type == "cuda" else "disk") if tier == "auto" else tier
     for layer in layers:
         experts = layer.experts
         if not isinstance(experts, SwiGLUExperts) or not hasattr(experts, PARAMETERS[experts.activation][0]):
@@ -127,18 +161,27 @@ def offload_experts(model: nn.Module, *, resident: int, store: str | Path, prefe
         if isinstance(resident, bool) or not isinstance(resident, int) or not 1 <= resident <= experts.num_experts:
             raise ValueError(f"offload.experts={resident!r} must be an integer in [1, {experts.num_experts}] "
                              f"(the experts of a layer)")
-    store = Path(store)
-    if store.exists():
-        raise FileExistsError(f"{store} exists; the expert store is written fresh (nothing is overwritten)")
-    store.mkdir(parents=True)
+    if tier == "disk":
+        if store is None:
+            raise ValueError("offload.tier=disk needs a store directory for the expert files")
+        store = Path(store)
+        if store.exists():
+            raise FileExistsError(f"{store} exists; the expert store is written fresh (nothing is overwritten)")
+        store.mkdir(parents=True)
     stats = OffloadStats()
     for i, layer in enumerate(layers):
-        experts, path = layer.experts, store / f"layer{i}.safetensors"
+        experts = layer.experts
         names = PARAMETERS[experts.activation]
-        save_file({f"{name}.{e}": getattr(experts, name)[e].detach().cpu().contiguous()
-                   for name in names for e in range(experts.num_experts)}, str(path))
-        layer.experts = OffloadedExperts(experts, path, resident, stats)
-        for name in names:  # the weights now live in the file only; the dispatch code stays
+        stacks = tuple(getattr(experts, name) for name in names)
+        if tier == "disk":
+            path = store / f"layer{i}.safetensors"
+            save_file({f"{name}.{e}": w[e].detach().cpu().contiguous() for name, w in zip(names, stacks)
+                       for e in range(experts.num_experts)}, str(path))
+            slow = DiskTier(path, names, device)
+        else:
+            slow = HostTier(stacks, device)
+        layer.experts = OffloadedExperts(experts, slow, resident, stats)
+        for name in names:  # the weights now live in the slow tier only; the dispatch code stays
             delattr(experts, name)
     if prefetch:
         for layer, following in zip(layers, layers[1:]):

@@ -26,10 +26,12 @@ def build(impl="sorted_loop", router=None):
 PROMPTS = [[5, 9, 2, 44, 7, 1, 30], [12, 3], [8, 8, 50, 21, 2]]
 
 
+@pytest.mark.parametrize("tier", ["disk", "host"])
 @pytest.mark.parametrize("impl", ["sorted_loop", "auto"])
-def test_the_offloaded_model_computes_what_the_resident_one_does(tmp_path, impl):
+def test_the_offloaded_model_computes_what_the_resident_one_does(tmp_path, impl, tier):
     resident_model, offloaded = build(impl), build(impl)
-    stats = offload_experts(offloaded, resident=2, store=tmp_path / "store")
+    stats = offload_experts(offloaded, resident=2, store=tmp_path / "store", tier=tier)
+    assert (tmp_path / "store").exists() == (tier == "disk")
     ids = torch.randint(0, 61, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         tolerance = dict(rtol=0, atol=0) if impl == "sorted_loop" else dict(rtol=1e-6, atol=1e-6)
@@ -68,11 +70,35 @@ def test_hit_rate_and_bytes_per_token_add_up(tmp_path):
     assert summary["bytes_read_per_token"] == stats.bytes_read / 60
 
 
+def test_auto_keeps_the_experts_on_disk_for_a_cpu_model_and_host_memory_needs_no_store(tmp_path):
+    from moe.offload import DiskTier, HostTier
+
+    on_cpu = build()
+    offload_experts(on_cpu, resident=2, store=tmp_path / "store")
+    assert all(isinstance(block.ffn.experts.tier, DiskTier) for block in on_cpu.blocks)
+    in_host = build()
+    offload_experts(in_host, resident=2, tier="host")
+    assert all(isinstance(block.ffn.experts.tier, HostTier) for block in in_host.blocks)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_experts_wait_in_host_memory_and_compute_the_resident_logits():
+    resident_model, offloaded = build().cuda(), build().cuda()
+    stats = offload_experts(offloaded, resident=2)  # auto: host memory for a model on the GPU
+    ids = torch.randint(0, 61, (2, 20), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(ids).logits, resident_model(ids).logits, rtol=1e-5, atol=1e-5)
+    assert stats.misses > 0 and stats.bytes_read > 0
+    assert all(w.is_pinned() for w in offloaded.blocks[0].ffn.experts.tier.experts[0])
+
+
 @pytest.mark.filterwarnings("ignore:ExpertChoiceRouter ranks all tokens")
 @pytest.mark.parametrize("kwargs, router, message", [
     (dict(resident=9), None, r"offload.experts=9 must be an integer in \[1, 8\]"),
     (dict(resident=0), None, r"offload.experts=0 must be an integer in \[1, 8\]"),
     (dict(resident=2), ExpertChoiceRouter, "offloading needs token-choice routing"),
+    (dict(resident=2, tier="ssd"), None, r"offload.tier='ssd' is not one of \('auto', 'disk', 'host'\)"),
 ])
 def test_bad_offload_requests_are_refused_before_anything_is_written(tmp_path, kwargs, router, message):
     with pytest.raises(ValueError, match=message):
@@ -81,3 +107,5 @@ def test_bad_offload_requests_are_refused_before_anything_is_written(tmp_path, k
     (tmp_path / "store").mkdir()
     with pytest.raises(FileExistsError, match="exists"):
         offload_experts(build(), resident=2, store=tmp_path / "store")
+    with pytest.raises(ValueError, match="offload.tier=disk needs a store directory"):
+        offload_experts(build(), resident=2, tier="disk")
