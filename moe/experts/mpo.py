@@ -14,9 +14,15 @@ the parameters. Expert e of each of the SwiGLU matrices (gate, up [D, F]; down [
     W^(e) = MPO(A_1^e, …, C, …, A_n^e)        C shared by all experts, A_k^e its own auxiliary cores
 
 ``forward`` contracts the cores into the usual [E, D, F] stacks and dispatches exactly as
-:class:`GroupedExperts` does, so routing, balancing and statistics are unchanged. ``freeze_central`` turns
-off the central cores' gradients (the released MPOE code's ``--tensor_learn``; the paper's stochastic
-gradient mask between 0 and 1 is not implemented).
+:class:`GroupedExperts` does, so routing, balancing and statistics are unchanged.
+
+The central core is updated by every expert's tokens, the auxiliary ones by their own expert's only; MPOE
+calls this unbalanced optimisation and slows the central core down with a gradient mask:
+``central_grad_mask`` = p zeroes each element of the central cores' gradient with probability p at every
+backward (an independent Bernoulli draw per element and step from torch's RNG; the kept elements are not
+rescaled, so p = 1 would freeze the core). ``freeze_central`` is that p = 1, done by turning the central
+cores' gradients off (the released MPOE code's ``--tensor_learn``). (That the mask is Bernoulli per element
+is our reading of the paper's description; the released code has only the hard version.)
 
 From scratch each core is drawn N(0, σ²) with σ chosen so the contracted weights have the experts'
 ``init_std``. Upcycling (``init=upcycle init.method=copy experts=mpo``) decomposes the dense FFN once:
@@ -100,12 +106,12 @@ class MPOExperts(GroupedExperts):
     """E SwiGLU experts whose matrices are MPOs with a shared central core (see the module docstring).
 
     Args (beyond :class:`GroupedExperts`'): ``num_cores`` n (MPOE uses 5), ``bond_dim`` (null: exact, the
-    full bonds), ``freeze_central``.
+    full bonds), ``freeze_central``, ``central_grad_mask`` (p in [0, 1)).
     """
 
     def __init__(self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02, impl: str = "auto",
                  activation: str = "swiglu", num_cores: int = 5, bond_dim: int | None = None,
-                 freeze_central: bool = False):
+                 freeze_central: bool = False, central_grad_mask: float = 0.0):
         if activation != "swiglu":
             raise ValueError(f"experts=mpo has SwiGLU experts; model.mlp={activation!r} is not supported")
         if isinstance(num_cores, bool) or not isinstance(num_cores, int) or num_cores < 3:
@@ -117,7 +123,14 @@ class MPOExperts(GroupedExperts):
                                      or not 1 <= bond_dim <= most):
             raise ValueError(f"experts.bond_dim={bond_dim!r} must be an integer in [1, {most}] (the largest bond of "
                              f"a {d_model} x {d_ff} MPO with {num_cores} cores), or null for the exact MPO")
-        self.bond_dim, self.freeze_central = bond_dim, freeze_central
+        if isinstance(central_grad_mask, bool) or not isinstance(central_grad_mask, (int, float)) \
+                or not 0 <= central_grad_mask < 1:
+            raise ValueError(f"experts.central_grad_mask={central_grad_mask!r} must be a number in [0, 1) (the "
+                             f"probability of masking each element; for 1 set experts.freeze_central=true)")
+        if central_grad_mask and freeze_central:
+            raise ValueError(f"experts.central_grad_mask={central_grad_mask} with experts.freeze_central=true: the "
+                             f"central cores get no gradient to mask; choose one")
+        self.bond_dim, self.freeze_central, self.central_grad_mask = bond_dim, freeze_central, float(central_grad_mask)
         super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std, impl=impl)
         for name in PARAMETERS["swiglu"]:  # the stacks are contracted from the cores, not stored
             delattr(self, name)
@@ -125,7 +138,14 @@ class MPOExperts(GroupedExperts):
         for name, shape in self.core_shapes().items():
             self.cores[name] = nn.Parameter(torch.empty(shape), requires_grad=not (freeze_central and
                                                                                    name.endswith(f"_{self.central}")))
+        if self.central_grad_mask:
+            for matrix in MATRICES:
+                self.cores[f"{matrix}_{self.central}"].register_hook(self._mask_gradient)
         self.reset_parameters()
+
+    def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """MPOE's gradient mask on a central core: each element kept with probability 1 − p."""
+        return grad * (torch.rand_like(grad) >= self.central_grad_mask)
 
     def _bonds(self, matrix: str) -> list[int]:
         rows, cols = MATRICES[matrix]
@@ -184,4 +204,5 @@ class MPOExperts(GroupedExperts):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_cores={self.num_cores}, bond_dim={self.bond_dim}, "
-                f"factors={self.factors}, freeze_central={self.freeze_central}")
+                f"factors={self.factors}, freeze_central={self.freeze_central}, "
+                f"central_grad_mask={self.central_grad_mask}")

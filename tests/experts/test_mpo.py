@@ -1,7 +1,8 @@
 """MPO experts (moe/experts/mpo.py): the sequential-SVD decomposition is exact at full bond dimension and its
 error falls as the bond grows, the central core is one tensor shared by all experts, the experts dispatch
-like GroupedExperts on the contracted stacks, parameters are counted against plain experts, and a dense FFN
-upcycles into MPO experts with its function kept."""
+like GroupedExperts on the contracted stacks, parameters are counted against plain experts, the gradient
+mask thins only the central core's gradient, and a dense FFN upcycles into MPO experts with its function
+kept."""
 
 from __future__ import annotations
 
@@ -74,7 +75,43 @@ def test_mpo_experts_compute_what_grouped_experts_compute_on_the_contracted_stac
     assert all(core.grad is not None and core.grad.abs().sum() > 0 for core in mpo.cores.values())
 
 
+def core_grads(mpo, seed):
+    """Every core's gradient of one backward on fixed tokens (the mask's draws seeded by ``seed``)."""
+    g = torch.Generator().manual_seed(1)
+    T, k = 12, 2
+    expert_ids = torch.stack([torch.randperm(4, generator=g)[:k] for _ in range(T)]).reshape(-1)
+    routing = Routing(token_ids_N=torch.arange(T).repeat_interleave(k), expert_ids_N=expert_ids,
+                      weights_N=torch.rand(T * k, generator=g), logits_TE=torch.zeros(T, 4),
+                      probs_TE=torch.full((T, 4), 0.25), tokens_per_expert_E=torch.bincount(expert_ids, minlength=4),
+                      num_dropped=0, top_k=float(k))
+    torch.manual_seed(seed)
+    mpo(torch.randn(T, 24, generator=g), routing).square().sum().backward()
+    return {name: core.grad.clone() for name, core in mpo.cores.items()}
+
+
+def test_the_gradient_mask_zeroes_a_share_p_of_the_central_gradient_and_keeps_the_rest_exactly():
+    torch.manual_seed(0)
+    unmasked = core_grads(experts(bond_dim=None), seed=0)
+    torch.manual_seed(0)
+    masked_experts = experts(bond_dim=None, central_grad_mask=0.5)
+    masked = core_grads(masked_experts, seed=0)
+    central = {f"{m}_{masked_experts.central}" for m in ("w_gate_EDF", "w_up_EDF", "w_down_EFD")}
+    kept_total = elements = 0
+    for name, grad in masked.items():
+        if name not in central:  # the auxiliary cores are untouched
+            assert torch.equal(grad, unmasked[name]), name
+            continue
+        kept = grad != 0
+        assert torch.equal(grad[kept], unmasked[name][kept])  # kept elements are not rescaled
+        live = unmasked[name] != 0
+        kept_total, elements = kept_total + int(kept.sum()), elements + int(live.sum())
+    # one uniform draw per element: about half of the 1152 central elements' gradients are kept
+    assert elements > 1000 and abs(kept_total / elements - 0.5) < 0.05
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(central_grad_mask=1.0), r"experts.central_grad_mask=1.0 must be a number in \[0, 1\)"),
+    (dict(central_grad_mask=0.5, freeze_central=True), "the central cores get no gradient to mask; choose one"),
     (dict(bond_dim=0), r"experts.bond_dim=0 must be an integer in \[1, "),
     (dict(bond_dim=10_000), "experts.bond_dim=10000 must be an integer in"),
     (dict(num_cores=2), "experts.num_cores=2 must be an integer >= 3"),
