@@ -2,10 +2,11 @@
 
 For each leaf of ``configs/model/moe_tiny.yaml`` and of every ``configs/{router,experts,balance}`` file,
 the test builds the model twice from the same seed, once with the leaf changed, and looks for any
-difference: a parameter or buffer, the train-mode loss (LM + aux), the eval-mode logits, or the same
-after one optimizer-step hook (bias updates, adaptive coefficients). A build that refuses the changed
-value also counts (the value is read and checked). A knob that acts only together with another one
-is listed in CONDITIONAL with the option that switches it on, and is checked with that option set;
+difference: a parameter or buffer, the train-mode loss (LM + aux) and its gradients, the eval-mode
+logits, or the same after one optimizer-step hook (bias updates, adaptive coefficients). A build that
+refuses the changed value also counts (the value is read and checked). A knob that acts only together
+with another one is listed in CONDITIONAL with the option that switches it on, and is checked with that
+option set;
 the two speed knobs of the experts backends (SPEED_ONLY) change how the same outputs are computed.
 
 The ``trainer`` and ``optim`` leaves are fields of dataclasses that the trainer reads by name;
@@ -110,8 +111,8 @@ def knob_cases() -> list[tuple[str, str, object]]:
 
 
 def footprint(config: dict) -> list[torch.Tensor]:
-    """Everything observable about a freshly built model: state, which parameters train, losses, logits, and
-    again after a step."""
+    """Everything observable about a freshly built model: state, which parameters train, losses, gradients,
+    logits, and again after a step."""
     torch.manual_seed(0)
     model = build_model(config)
     input_ids = torch.randint(0, config["model"]["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
@@ -123,6 +124,9 @@ def footprint(config: dict) -> list[torch.Tensor]:
         out = model(input_ids[:, :-1], input_ids[:, 1:])
         seen += [out.loss.detach(), *(loss.detach() * coeff for loss, coeff in
                                       zip(out.aux_losses.values(), out.aux_coeffs.values()))]
+        out.loss.backward()  # knobs that act on gradients only (MPOE's gradient mask)
+        seen += [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
         model.eval()
         with torch.no_grad():
             seen.append(model(input_ids).logits)
