@@ -17,9 +17,11 @@ random output gradient, the variants interleaved round-robin. ``act_mb`` = the a
 training forward keeps for backward (autograd-saved tensors by storage, minus parameters and input, plus
 the output; bench/dispatch.py's measure: a lower bound on the peak, deterministic).
 
-The scan rows time ``selective_scan_chunked`` (the training path) and ``selective_scan_reference`` (the
-per-timestep loop) alone on the mixer's shapes (d_inner 384, N 16), forward + backward in float32, at
-each sequence length up to ``--loop-max-seq`` (the loop takes seconds beyond).
+The scan rows time ``selective_scan_chunked`` (the training path), the same with its chunks through
+``torch.compile`` (``trainer.compile_mamba``; compiling happens in the warm-up round) and
+``selective_scan_reference`` (the per-timestep loop) alone on the mixer's shapes (d_inner 384, N 16) with
+its A and Δ at initialisation, forward + backward in float32, at each sequence length up to
+``--loop-max-seq`` (the loop takes seconds beyond).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -117,20 +120,25 @@ def scan_step(scan, inputs: list[torch.Tensor], grad: torch.Tensor):
 
 def bench_scan(seq_lens, batch: int, d_model: int, repeats: int) -> list[dict]:
     rows = []
-    d_inner, N = 2 * d_model, 16
+    torch.manual_seed(0)
+    mixer = MambaMixer(d_model=d_model, d_state=16, d_conv=4, expand=2)  # its A and Δ at initialisation
+    d_inner, N = mixer.d_inner, mixer.d_state
     for S in seq_lens:
         g = torch.Generator().manual_seed(0)
-        inputs = [torch.randn(batch, S, d_inner, generator=g).requires_grad_(),
-                  torch.nn.functional.softplus(torch.randn(batch, S, d_inner, generator=g)).mul(0.1).requires_grad_(),
-                  (-torch.rand(d_inner, N, generator=g) - 0.5).requires_grad_(),
+        dt_BSI = torch.nn.functional.softplus(mixer.dt_proj.bias.detach() + 0.5 * torch.randn(batch, S, d_inner,
+                                                                                                  generator=g))
+        inputs = [torch.randn(batch, S, d_inner, generator=g).requires_grad_(), dt_BSI.requires_grad_(),
+                  (-torch.exp(mixer.A_log.detach())).requires_grad_(),
                   torch.randn(batch, S, N, generator=g).requires_grad_(),
                   torch.randn(batch, S, N, generator=g).requires_grad_()]
         grad = torch.randn(batch, S, d_inner)
 
         ms = time_rounds({"chunked": scan_step(selective_scan_chunked, inputs, grad),
+                          "compiled": scan_step(partial(selective_scan_chunked, compiled=True), inputs, grad),
                           "loop": scan_step(selective_scan_reference, inputs, grad)}, repeats)
         rows.append({"kind": "scan", "seq": S, "batch": batch, "d_inner": d_inner, "d_state": N,
-                     "chunked_ms": ms["chunked"], "loop_ms": ms["loop"], "speedup": ms["loop"] / ms["chunked"]})
+                     "chunked_ms": ms["chunked"], "compiled_ms": ms["compiled"], "loop_ms": ms["loop"],
+                     "speedup": ms["loop"] / ms["chunked"], "compiled_speedup": ms["loop"] / ms["compiled"]})
     return rows
 
 
@@ -152,10 +160,11 @@ def main() -> None:
     for r in mixer_rows:
         print(f"| {r['name']} | {r['seq']} | {r['ms']:.1f} | {r['vs_gqa']:.2f} | {r['act_mb']:.1f} |")
     scan_rows = bench_scan([s for s in args.seq if s <= args.loop_max_seq], args.batch, args.d_model, args.repeats)
-    print("\n| scan seq | chunked ms | per-timestep loop ms | speed-up |")
-    print("| --- | --- | --- | --- |")
+    print("\n| scan seq | chunked ms | compiled ms | per-timestep loop ms | speed-up (chunked / compiled) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in scan_rows:
-        print(f"| {r['seq']} | {r['chunked_ms']:.1f} | {r['loop_ms']:.1f} | {r['speedup']:.1f}× |")
+        print(f"| {r['seq']} | {r['chunked_ms']:.1f} | {r['compiled_ms']:.1f} | {r['loop_ms']:.1f} | "
+              f"{r['speedup']:.1f}× / {r['compiled_speedup']:.1f}× |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(mixer_rows + scan_rows, indent=2))

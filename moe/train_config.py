@@ -60,6 +60,7 @@ class TrainerConfig:
     seed: int
     cpu: bool  # train on the CPU even when an accelerator is present
     compile_moe: bool  # torch.compile each MoE layer in place (nn.Module.compile)
+    compile_mamba: bool  # torch.compile the chunk of every Mamba-1 mixer's scan (moe/models/mamba.py)
     progress: bool
     domain_pure_batches: bool  # each micro-batch from one domain, domains in turn (moe/batches.py)
     freeze: str | tuple[str, ...]  # one of FREEZE, or a list of them (their union is frozen)

@@ -46,6 +46,7 @@ from moe.finetune import freeze_parameters
 from moe.flops import measure_peak_flops, training_flops_per_token
 from moe.metrics import MetricWindow
 from moe.models.build import build_model
+from moe.models.mamba import compile_mamba_scans
 from moe.optim import build_optimizer
 from moe.parallel.layout import Layout
 from moe.parallel.train_state import TRAIN_STATE_FILE, load_train_state, save_train_state
@@ -84,6 +85,8 @@ class Trainer:
         if self.plan.trainer.compile_moe:
             for layer in model.moe_layers:
                 layer.compile()  # in place: parameter names and checkpoints are unchanged
+        if self.plan.trainer.compile_mamba:
+            compile_mamba_scans(model)
         self.model = model
 
     def _build_optimization(self) -> None:

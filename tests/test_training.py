@@ -98,6 +98,24 @@ def test_a_checkpoint_in_the_former_accelerate_layout_still_resumes_exactly(smok
     assert [r["loss"] for r in read_metrics(resumed_dir)] == [r["loss"] for r in read_metrics(full_dir)]
 
 
+@pytest.mark.slow
+def test_compiled_mamba_scans_train_like_eager_ones(smoke, tmp_path):
+    overrides = ("model=jamba_tiny", "model.n_layers=4", "model.expert_d_ff=64", "trainer.max_steps=2",
+                 "trainer.log_every=1", "trainer.eval_every=2", "trainer.save_every=2")
+    run(smoke(*overrides, run_dir=tmp_path / "eager"))
+    run(smoke(*overrides, "trainer.compile_mamba=true", run_dir=tmp_path / "compiled"))
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 2
+    for a, b in zip(eager, compiled):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_compiling_mamba_scans_of_a_model_without_mamba_is_refused(smoke, tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.compile_mamba=true, but the model has no Mamba-1 mixer"):
+        run(smoke("trainer.compile_mamba=true", run_dir=tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_training_on_local_hf_files(smoke, tmp_path):
     rows = [{"text": f"record {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i % 5)}
             for i in range(200)]

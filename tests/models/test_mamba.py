@@ -9,7 +9,7 @@ import pytest
 import torch
 from scan_parity import assert_scan_matches_reference
 
-from moe.models.mamba import MambaMixer, selective_scan_chunked, selective_scan_reference
+from moe.models.mamba import MAX_LOG_DECAY, MambaMixer, _too_steep, selective_scan_chunked, selective_scan_reference
 
 
 def scan_inputs(B=2, S=45, d_inner=6, N=4, dt_scale=1.0, seed=0):
@@ -44,6 +44,30 @@ def test_a_chunk_that_decays_past_the_range_of_exp_takes_the_token_loop():
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, y_ref.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h, h_ref.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_chunk_too_steep_for_exp_is_halved_before_it_takes_the_token_loop():
+    """float32, chunk 16, A = −1: tokens 0–15 decay by 4 each (Λ −64 over 16, −32 per half: the chunked
+    form), tokens 16–31 by 8 each (−128 per 16 tokens, −64 per half of 8: chunked halves), 32–47 by 20 (−160
+    per 8 tokens, below the shortest span: the token loop). Each path agrees with the float64 recurrence."""
+    x, dt, A, Bm, Cm = scan_inputs(B=2, S=48, d_inner=3, N=2)
+    dt[:, :16], dt[:, 16:32], dt[:, 32:] = 4.0, 8.0, 20.0
+    A = -torch.ones_like(A)
+    steep = _too_steep(dt.float() * A.float().min(1).values, 16, MAX_LOG_DECAY[torch.float32])
+    assert steep == {16: [False, True, True], 8: [False, False, False, False, True, True]}
+    y, h = selective_scan_chunked(x.float(), dt.float(), A.float(), Bm.float(), Cm.float(), chunk=16)
+    y_ref, h_ref = selective_scan_reference(x, dt, A, Bm, Cm)
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref.float(), rtol=1e-5, atol=1e-5)
+    assert_scan_matches_reference(selective_scan_chunked, selective_scan_reference, (x, dt, A, Bm, Cm), 16)
+
+
+@pytest.mark.slow
+def test_the_compiled_scan_equals_the_recurrence_with_its_gradients():
+    """trainer.compile_mamba: the same chunks through torch.compile (float64, so to the same tolerance)."""
+    def compiled(*inputs, chunk):
+        return selective_scan_chunked(*inputs, chunk=chunk, compiled=True)
+    assert_scan_matches_reference(compiled, selective_scan_reference, scan_inputs(S=40), 16)
 
 
 def test_the_mixer_is_causal_and_continues_a_state():
