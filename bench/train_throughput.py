@@ -3,6 +3,7 @@ same active parameters.
 
     .venv/bin/python bench/train_throughput.py [--quick] [--compile] [--dtype bf16] [--steps N] [--json PATH]
         [--experts capacity pad_multiple=64]        # another experts config for the MoE
+        [--hybrids]                                 # add jamba_tiny, eager and with trainer.compile_mamba
 
 Models, built with ``moe.models.build.build_model`` from the repository's own config files:
 
@@ -10,7 +11,9 @@ Models, built with ``moe.models.build.build_model`` from the repository's own co
   of 192, top-2) with
   configs/router/top_k.yaml, configs/experts/grouped.yaml (impl auto) and balance switch_aux + z_loss;
 - ``dense``: configs/model/dense_tiny.yaml (moe_tiny with num_experts 0 and FFN hidden 768 = 384 +
-  2 × 192, so the same active FFN compute per token and no router).
+  2 × 192, so the same active FFN compute per token and no router);
+- with ``--hybrids``: ``jamba``, configs/model/jamba_tiny.yaml with the same router, experts and balancers,
+  and ``jamba_compiled_scan``, a copy of it whose Mamba scans run compiled (``trainer.compile_mamba``).
 
 A *step* is what the trainer does per optimizer step: forward with targets (loss = CE + the balancers'
 aux losses), backward, global grad-norm clipping at configs/optim/adamw.yaml's grad_clip, AdamW step
@@ -41,6 +44,7 @@ import yaml
 from allocator import ALLOCATOR_ENV, restart_with_allocator_env
 
 from moe.models.build import build_model
+from moe.models.mamba import compile_mamba_scans
 from moe.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +66,16 @@ def model_config(name: str) -> dict:
     return {**merged, **spec}
 
 
-def configs(experts: list[str]) -> dict[str, dict]:
-    """The two models; ``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
+def configs(experts: list[str], hybrids: bool) -> dict[str, dict]:
+    """The models; ``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
     balance = {**load("balance", "switch_aux"), **load("balance", "z_loss")}
     experts_cfg = load("experts", experts[0])
     for override in experts[1:]:
         key, value = override.split("=", 1)
         experts_cfg[key] = yaml.safe_load(value)
     shared = {"router": load("router", "top_k"), "experts": experts_cfg, "balance": balance}
-    return {"moe": {"model": model_config("moe_tiny"), **shared},
-            "dense": {"model": model_config("dense_tiny"), **shared}}
+    models = {"moe": "moe_tiny", "dense": "dense_tiny", **({"jamba": "jamba_tiny"} if hybrids else {})}
+    return {name: {"model": model_config(file), **shared} for name, file in models.items()}
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--experts", nargs="+", default=["grouped"], metavar="NAME [KEY=VALUE]",
                         help="the MoE's experts config and overrides (default: grouped), e.g. capacity pad_multiple=64")
+    parser.add_argument("--hybrids", action="store_true", help="also jamba_tiny, eager and with compiled Mamba scans")
     parser.add_argument("--json", type=Path, default=None, help="write {meta, rows} here")
     args = parser.parse_args()
     if args.threads:
@@ -105,7 +110,7 @@ def main() -> None:
     if args.compile:
         warmup = max(warmup, 3)  # the first compiled steps compile (and may recompile once)
 
-    cfgs = configs(args.experts)
+    cfgs = configs(args.experts, args.hybrids)
     optim_cfg = load("optim", "adamw")
     variants = {}
     for name, cfg in cfgs.items():
@@ -114,6 +119,9 @@ def main() -> None:
         variants[name] = model
         if args.compile:
             variants[f"{name}_compiled"] = torch.compile(copy.deepcopy(model))
+        if name == "jamba":
+            variants["jamba_compiled_scan"] = copy.deepcopy(model)
+            compile_mamba_scans(variants["jamba_compiled_scan"])
     optimizers = {
         name: build_optimizer(getattr(m, "_orig_mod", m), lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"],
                               betas=tuple(optim_cfg["betas"]), eps=optim_cfg["eps"])
@@ -152,27 +160,30 @@ def main() -> None:
         row = {"model": name, "dtype": args.dtype, "step_ms": med * 1e3, "tokens_per_s": tokens / med,
                "params": total, "active_params": active,
                "step_ms_min": min(times[name]) * 1e3, "step_ms_max": max(times[name]) * 1e3}
-        if name.endswith("_compiled"):
+        if name.endswith(("_compiled", "_compiled_scan")):
             row["compile_s"] = sum(t - med for t in warm[name])
         rows.append(row)
     by = {r["model"]: r for r in rows}
     print(f"{args.dtype}, experts {' '.join(args.experts)}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, batch {BATCH}x{SEQ}, "
           f"{warmup} warm-up + median of {steps} interleaved steps ({total_s:.0f} s)")
-    print(f"{'model':>15} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
+    print(f"{'model':>19} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
     for r in rows:
         compile_s = f"{r['compile_s']:9.1f}" if "compile_s" in r else f"{'-':>9}"
-        print(f"{r['model']:>15} | {r['params']:>9,} | {r['active_params']:>9,} | {r['step_ms']:8.1f} | "
+        print(f"{r['model']:>19} | {r['params']:>9,} | {r['active_params']:>9,} | {r['step_ms']:8.1f} | "
               f"{r['tokens_per_s']:8.0f} | {compile_s}")
     ratios = {"moe/dense": by["moe"]["tokens_per_s"] / by["dense"]["tokens_per_s"]}
     if args.compile:
         for a, b in (("moe_compiled", "dense_compiled"), ("moe_compiled", "moe"), ("dense_compiled", "dense")):
             ratios[f"{a}/{b}"] = by[a]["tokens_per_s"] / by[b]["tokens_per_s"]
+    if args.hybrids:  # how many times slower than the default MoE
+        for name in ("jamba", "jamba_compiled_scan"):
+            ratios[f"moe/{name}"] = by["moe"]["tokens_per_s"] / by[name]["tokens_per_s"]
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}x")
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype,
-                "experts": args.experts,
+                "experts": args.experts, "hybrids": args.hybrids,
                 "steps": steps, "warmup": warmup, "batch": [BATCH, SEQ], "compile": args.compile,
                 "allocator_env": ALLOCATOR_ENV, "ratios": ratios,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
