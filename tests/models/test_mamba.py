@@ -62,6 +62,17 @@ def test_a_chunk_too_steep_for_exp_is_halved_before_it_takes_the_token_loop():
     assert_scan_matches_reference(selective_scan_chunked, selective_scan_reference, (x, dt, A, Bm, Cm), 16)
 
 
+def test_the_scan_stays_float32_under_bf16_autocast():
+    """Autocast would run the chunk's cumulative-sum matmul and the contraction with C in bf16 (~1e-2 off)."""
+    x, dt, A, Bm, Cm = (t.float() for t in scan_inputs(S=40, dt_scale=0.1))
+    y, h = selective_scan_chunked(x, dt, A, Bm, Cm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_autocast, h_autocast = selective_scan_chunked(x, dt, A, Bm, Cm)
+    assert y_autocast.dtype == torch.float32
+    torch.testing.assert_close(y_autocast, y, rtol=0, atol=0)
+    torch.testing.assert_close(h_autocast, h, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_the_compiled_scan_equals_the_recurrence_with_its_gradients():
     """trainer.compile_mamba: the same chunks through torch.compile (float64, so to the same tolerance)."""
