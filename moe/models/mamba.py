@@ -12,7 +12,8 @@ For each of the d_in = expand·D channels c and N state dimensions n (I = d_in):
     y_t = h_t C_t + D ⊙ x_t
     out = out_proj(y ⊙ SiLU(z))
 
-``inner_norms`` adds Jamba's RMSNorms on δ, B and C (Jamba-1.5 trains more stably with them).
+``inner_norms`` adds Jamba's RMSNorms on δ, B and C (Jamba-1.5 trains more stably with them). On CUDA, with
+``mamba_ssm`` and ``causal_conv1d`` installed, the conv and the scan run their kernels (moe/models/mamba_kernels.py).
 
 The recurrence is linear in h, so it has two implementations here that compute the same thing:
 ``selective_scan_reference`` steps through time one token at a time (the definition; the tests' oracle)
@@ -41,6 +42,8 @@ from functools import cache, partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moe.models import mamba_kernels
 
 CHUNK = 32  # tokens per step of the chunked scan: 16, 32 and 64 ran alike (64 with Mamba's initial Δ and A is
 # mostly too steep and halved), 8 1.5× slower, 128 2× (2-core CPU, B=8 × S=256 and B=2 × S=1024, float32)
@@ -198,7 +201,8 @@ class MambaMixer(nn.Module):
         """``cache`` (incremental decoding): the conv's last d_conv − 1 inputs and the SSM state h [B, d_in, N]
         after the tokens seen so far; the S new tokens continue from them and update them."""
         x_BSI, z_BSI = self.in_proj(u_BSD).chunk(2, dim=-1)
-        x_BSI = F.silu(causal_conv(self.conv1d, x_BSI, cache))
+        fused = mamba_kernels.kernels_apply(u_BSD, cache)  # CUDA with mamba_ssm and causal_conv1d installed
+        x_BSI = mamba_kernels.conv_silu(self.conv1d, x_BSI) if fused else F.silu(causal_conv(self.conv1d, x_BSI, cache))
         delta_BSR, B_BSN, C_BSN = self.x_proj(x_BSI).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms is not None:
             delta_BSR, B_BSN, C_BSN = (self.inner_norms[k](v) for k, v in (("dt", delta_BSR), ("B", B_BSN),
@@ -206,8 +210,12 @@ class MambaMixer(nn.Module):
         dt_BSI = F.softplus(self.dt_proj(delta_BSR))
         A_IN = -torch.exp(self.A_log.float())
         h_BIN = None if cache is None else cache.get("ssm")
-        y_BSI, h_BIN = selective_scan_chunked(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(), C_BSN.float(),
-                                              h_BIN, chunk=self.chunk, compiled=self.compiled_scan)
+        if fused:
+            y_BSI, h_BIN = mamba_kernels.selective_scan(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(),
+                                                        C_BSN.float())
+        else:
+            y_BSI, h_BIN = selective_scan_chunked(x_BSI.float(), dt_BSI.float(), A_IN, B_BSN.float(), C_BSN.float(),
+                                                  h_BIN, chunk=self.chunk, compiled=self.compiled_scan)
         if cache is not None:
             cache["ssm"] = h_BIN
         y_BSI = (y_BSI + self.D * x_BSI.float()).to(x_BSI.dtype) * F.silu(z_BSI)
