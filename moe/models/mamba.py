@@ -81,14 +81,15 @@ def selective_scan_chunked(x_BSI, dt_BSI, A_IN, B_BSN, C_BSN, h_BIN=None, chunk:
         nonlocal h_BIN
         if start >= S:
             return
-        if steep[size][start // size] and size % 2 == 0 and size // 2 >= MIN_CHUNK:
+        too_steep = steep[size][start // size]
+        if too_steep and size // 2 in steep:  # the next level down exists
             scan_span(start, size // 2)
             scan_span(start + size // 2, size // 2)
             return
         part = slice(start, min(start + size, S))
         x, dt, Bm, Cm = (t[:, part].to(work) for t in (x_BSI, dt_BSI, B_BSN, C_BSN))
         L = x.shape[1]
-        scan = selective_scan_reference if steep[size][start // size] else partial(body, ones_LL=ones_LL[:L, :L])
+        scan = selective_scan_reference if too_steep else partial(body, ones_LL=ones_LL[:L, :L])
         y_BLI, h_BIN = scan(x, dt, A_IN, Bm, Cm, h_BIN)
         ys.append(y_BLI)
 
