@@ -47,6 +47,13 @@ def test_bad_trainer_values(smoke, tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value, shown", [("many", "'many'"), ("2.5", "2.5")])
+def test_a_mistyped_expert_count_is_named(smoke, tmp_path, value, shown):
+    with pytest.raises(ValueError, match=rf"^model.num_experts={shown} must be an integer$"):
+        run(smoke(f"model.num_experts={value}"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_checkpoints_survive_a_rerun_and_a_failed_resume(smoke, tmp_path):
     run(smoke("trainer.max_steps=3", "trainer.save_every=3"))
     run_dir = tmp_path / "run"

@@ -16,7 +16,8 @@ from moe.spec import instantiate
 def build_model(config: Mapping[str, Any]) -> nn.Module:
     config = upgrade_config(dict(config), former_defaults=False)  # renamed targets only
     model_cfg = config["model"]
-    if not int(model_cfg.get("num_experts", 0)) and not model_cfg.get("moa_num_experts"):
+    # truthiness, not int(): a mistyped count ("abc") goes on to instantiate, whose type check names the key
+    if not model_cfg.get("num_experts") and not model_cfg.get("moa_num_experts"):
         return instantiate(model_cfg, "model")  # nothing routed: no router, experts or balancers
     balance_cfg = config.get("balance") or {}
     return instantiate(

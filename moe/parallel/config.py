@@ -44,7 +44,9 @@ def checked_parallel(config: dict[str, Any], world_size: int) -> ParallelConfig:
         raise ValueError(f"trainer.batch_size={batch_size} (the global micro-batch) is not divisible by the "
                          f"{world_size} processes of this launch; use a multiple of {world_size}")
     if parallel.expert > 1:
-        num_experts = int(config["model"].get("num_experts") or 0)
+        num_experts = config["model"].get("num_experts") or 0
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int):
+            raise ValueError(f"model.num_experts={num_experts!r} must be an integer")
         if world_size % parallel.expert:
             raise ValueError(f"parallel.expert={parallel.expert} does not divide the {world_size} processes of this "
                              f"launch; use a divisor of {world_size}")

@@ -28,6 +28,7 @@ from moe.run_plan import prepare_run
     (2, ("parallel.fsdp=true", "trainer.compile_moe=true"), r"parallel.fsdp=true with trainer.compile_moe=true"),
     (1, ("parallel.expert=0",), r"parallel.expert=0 must be an integer >= 1"),
     (1, ("parallel.expert=two",), r"parallel.expert='two' must be an integer"),
+    (2, ("model.num_experts=many", "parallel.expert=2"), r"model.num_experts='many' must be an integer$"),
 ])
 def test_a_layout_the_launch_cannot_run_is_refused_before_the_run_starts(smoke, tmp_path, monkeypatch, world,
                                                                          overrides, message):
