@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.all and args.max_sequences is not None:
         parser.error("--all and --max-sequences exclude each other")
     max_sequences = None if args.all else args.max_sequences or default_sequences_per_domain(args.path)
-    table = perplexity_table(args.path, args.overrides, split=args.split, max_sequences=max_sequences,
-                             batch_size=args.batch_size, device=args.device, progress=True)
+    try:
+        table = perplexity_table(args.path, args.overrides, split=args.split, max_sequences=max_sequences,
+                                 batch_size=args.batch_size, device=args.device, progress=True)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"perplexity.py: error: {err}")
     print(to_markdown(table))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

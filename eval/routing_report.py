@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -165,9 +166,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     out = args.out or Path(args.path) / "report"
-    report = routing_report(args.path, out, args.overrides, earlier=args.earlier,
-                            sequences_per_domain=args.sequences_per_domain, batch_size=args.batch_size,
-                            device=args.device)
+    try:
+        report = routing_report(args.path, out, args.overrides, earlier=args.earlier,
+                                sequences_per_domain=args.sequences_per_domain, batch_size=args.batch_size,
+                                device=args.device)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"routing_report.py: error: {err}")
     print(f"wrote {out / 'report.md'}")
     return report
 

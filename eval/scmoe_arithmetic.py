@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from moe.data.extra_domains import arithmetic_document
@@ -55,11 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ranks", type=int, nargs="+", default=[2])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    model, pairs = load_model(args.path), problems(args.problems)
-    results = {"problems": len(pairs), "greedy": exact_match(model, pairs, scmoe=None)}
-    for rank in args.ranks:
-        for beta in args.betas:
-            results[f"scmoe_rank{rank}_beta{beta}"] = exact_match(model, pairs, scmoe=SCMoE(beta=beta, rank=rank))
+    try:
+        model, pairs = load_model(args.path), problems(args.problems)
+        results = {"problems": len(pairs), "greedy": exact_match(model, pairs, scmoe=None)}
+        for rank in args.ranks:
+            for beta in args.betas:
+                results[f"scmoe_rank{rank}_beta{beta}"] = exact_match(model, pairs, scmoe=SCMoE(beta=beta, rank=rank))
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"scmoe_arithmetic.py: error: {err}")
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
