@@ -1,7 +1,8 @@
 """Step 1 of a training run: turn the composed config into a checked plan, before anything is built.
 
 Everything that depends only on the config and the files on disk happens here, once, in this order:
-the ``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train_config.py) and the LR
+a mandatory key the user left unset (``???`` in its config file, e.g. ``init.path``) is named; the
+``trainer`` and ``optim`` nodes are parsed into their dataclasses (moe/train_config.py) and the LR
 schedule is checked; ``init=checkpoint`` adopts the checkpoint's config nodes, ``init=upcycle`` the
 dense source's backbone (moe/upcycle/source_backbone.py), ``data.tokenizer=auto`` is resolved
 (moe/finetune.py) and a composed ``data.seq_len`` longer than an adopted ``max_seq_len`` is lowered
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import MISSING
 
 from moe.checkpoint import latest_checkpoint, read_config, read_meta
 from moe.finetune import adopt_checkpoint_config, adopt_upcycle_source, resolve_tokenizer
@@ -58,6 +60,9 @@ class RunPlan:
 def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPlan:
     """Check and complete ``config``; raises ValueError/FileNotFoundError/FileExistsError naming the key.
     ``overrides`` are the command line's (``model.d_model=64``): what the user set explicitly."""
+    if unset := unset_keys(config):
+        raise ValueError(f"{unset[0]} has no default and must be given: add {unset[0]}=... to the command line"
+                         + (f" (also unset: {', '.join(unset[1:])})" if unset[1:] else ""))
     trainer = from_mapping(TrainerConfig, dict(config["trainer"]), "trainer")
     optim = from_mapping(OptimConfig, dict(config["optim"]), "optim")
     plan = RunPlan(config, trainer, optim, Path(config["run_dir"]), None, None, trainer.max_steps)
@@ -82,6 +87,14 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
     plan.trainer = dataclasses.replace(
         trainer, mixed_precision=resolve_mixed_precision(trainer.mixed_precision, cpu=trainer.cpu))
     return plan
+
+
+def unset_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is OmegaConf's mandatory-value marker ``???``: a plain dict keeps the
+    marker as a string once Hydra's config is converted, and it would otherwise surface as a path."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in unset_keys(value, f"{prefix}{name}.")]
+    return [prefix.rstrip(".")] if node == MISSING else []
 
 
 def _fit_sequence_length(config: dict[str, Any], *, typed: bool) -> dict[str, Any]:

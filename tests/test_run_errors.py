@@ -47,6 +47,20 @@ def test_bad_trainer_values(smoke, tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("groups, key", [
+    (["init=upcycle"], "init.path"), (["init=checkpoint"], "init.path"), (["data=tokens"], "data.path"),
+    (["data=hf"], "data.data_files"), (["data=chat"], "data.data_files"),
+])
+def test_a_mandatory_key_left_unset_is_named(tmp_path, groups, key):
+    from conftest import compose
+
+    # its config file says ??? (no default); before, the marker surfaced as a path: "init.path=??? does not exist"
+    with pytest.raises(ValueError, match=rf"^{key} has no default and must be given: add {key}=\.\.\. to the "
+                                         r"command line$"):
+        run(compose("experiment=smoke", "logger=none", *groups, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("value, shown", [("many", "'many'"), ("2.5", "2.5")])
 def test_a_mistyped_expert_count_is_named(smoke, tmp_path, value, shown):
     with pytest.raises(ValueError, match=rf"^model.num_experts={shown} must be an integer$"):
