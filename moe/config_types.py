@@ -2,8 +2,8 @@
 
 A YAML or command-line value of the wrong type (``router.top_k=2.5``, ``optim.lr=abc``) would
 otherwise surface from deep inside torch once training has started. ``has_type`` answers for the
-annotations config-facing signatures use (``int``, ``float``, ``bool``, ``str``, ``None``, unions,
-``tuple``/``list``/``Sequence`` of them, ``Mapping``); anything else (a module, a callable) is not a
+annotations config-facing signatures use (``int``, ``float``, ``bool``, ``str``, ``None``, ``Literal``
+choices, unions, ``tuple``/``list``/``Sequence`` of them, ``Mapping``); anything else (a module, a callable) is not a
 value a config file can hold and is accepted as is. An int is a valid float; a bool is not a number.
 """
 
@@ -26,6 +26,8 @@ def has_type(value: Any, hint: Any) -> bool:
     if hint in (str, type(None)):
         return isinstance(value, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
     if origin in (typing.Union, types.UnionType):
         return any(has_type(value, arg) for arg in args)
     if origin in _SEQUENCES:  # YAML gives lists for tuples
@@ -44,6 +46,8 @@ def describe(hint: Any) -> str:
     if hint in _SCALARS:
         return _SCALARS[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return f"one of {args}"
     if origin in _SEQUENCES and args:
         item = describe(args[0]).removeprefix("a ").removeprefix("an ")
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):

@@ -9,7 +9,7 @@ a logger from ``configs/logger/`` mirrors the same dictionaries elsewhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 
 class NullLogger:
@@ -23,8 +23,13 @@ class NullLogger:
         pass
 
 
+Mode = Literal["offline", "online", "disabled"]
+
+
 class WandbLogger:
-    MODES = ("offline", "online", "disabled")
+    # the annotation lets the config check refuse a bad mode while the logger is still a partial, before
+    # the run directory exists; the check in __init__ serves callers from Python
+    MODES = get_args(Mode)
 
     def __init__(
         self,
@@ -34,7 +39,7 @@ class WandbLogger:
         project: str = "moe-lab",
         entity: str | None = None,
         name: str | None = None,
-        mode: str = "offline",
+        mode: Mode = "offline",
         tags: Sequence[str] = (),
     ):
         if mode not in self.MODES:

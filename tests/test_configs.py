@@ -91,6 +91,16 @@ def test_bad_values_fail_at_build_time(smoke, override, message):
         build_model(smoke(override))
 
 
+def test_a_literal_annotation_admits_exactly_its_choices():
+    from typing import Literal
+
+    from moe.config_types import describe, has_type
+
+    choice = Literal["a", 1]
+    assert [has_type(v, choice) for v in ("a", 1, "b", 2, True, 1.0)] == [True, True, False, False, False, False]
+    assert has_type(None, choice | None) and describe(choice) == "one of ('a', 1)"
+
+
 def test_a_required_argument_missing_from_a_config_names_the_node():
     config = {"model": {"_target_": "moe.models.build_decoder", "vocab_size": 8, "d_model": 8, "n_layers": 1,
                         "n_heads": 2, "d_ff": 8, "max_seq_len": 8, "num_experts": 2},

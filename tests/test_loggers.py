@@ -19,3 +19,12 @@ def test_wandb_offline_writes_its_run_into_the_run_dir(tmp_path, monkeypatch):
 def test_wandb_mode_is_checked():
     with pytest.raises(ValueError, match="logger.mode='cloud' is not one of"):
         WandbLogger(run_dir=".", config={}, mode="cloud")
+
+
+def test_a_bad_mode_in_the_config_stops_the_run_before_its_directory_exists(smoke, tmp_path):
+    from moe.training import run
+
+    # the logger is built after the run directory; its mode's Literal annotation is checked before
+    with pytest.raises(ValueError, match=r"^logger.mode='cloud' must be one of \('offline', 'online', 'disabled'\)$"):
+        run(smoke("logger=wandb", "logger.mode=cloud"))
+    assert not (tmp_path / "run").exists()
