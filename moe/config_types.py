@@ -2,9 +2,10 @@
 
 A YAML or command-line value of the wrong type (``router.top_k=2.5``, ``optim.lr=abc``) would
 otherwise surface from deep inside torch once training has started. ``has_type`` answers for the
-annotations config-facing signatures use (``int``, ``float``, ``bool``, ``str``, ``None``, ``Literal``
-choices, unions, ``tuple``/``list``/``Sequence`` of them, ``Mapping``); anything else (a module, a callable) is not a
-value a config file can hold and is accepted as is. An int is a valid float; a bool is not a number.
+annotations config-facing signatures use (``int``, ``float``, ``bool``, ``str``, ``None``,
+``Literal`` choices, unions, ``tuple``/``list``/``Sequence`` of them, ``Mapping``); anything else (a
+module, a callable) is not a value a config file can hold and is accepted as is. An int is a valid
+float; a bool is not a number.
 """
 
 from __future__ import annotations
