@@ -138,16 +138,22 @@ class DecoderLM(nn.Module):
     def reset_parameters(self) -> None:
         """N(0, init_std) everywhere; projections into the residual stream scaled by 1/sqrt(2·L)
         (GPT-2) so the residual variance does not grow with depth (GQA's and MLA's ``o_proj`` alike).
-        Routers keep their own init."""
-        residual_std = self.init_std / math.sqrt(2 * len(self.blocks))
+        Routers keep their own init. One random stream in parameter order (``init.draws=by_name``,
+        moe/models/init_by_name.py, draws each parameter from its own)."""
         for name, param in self.named_parameters():
-            last = name.rsplit(".", 1)[-1]
-            if (".router." in name or param.dim() < 2 or last.startswith("b_") or last == "A_log"
-                    or ".cores." in name or ".lora." in name):
-                continue  # routers, vectors, expert biases, Mamba's A, MPO cores and LoRA keep their own init
-            is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
-                                             "w_proj_EFD", "out_proj.weight"))
-            nn.init.normal_(param, std=residual_std if is_residual_out else self.init_std)
+            if (std := self.initial_std(name, param)) is not None:
+                nn.init.normal_(param, std=std)
+
+    def initial_std(self, name: str, param: torch.Tensor) -> float | None:
+        """The std ``reset_parameters`` draws parameter ``name`` with; None for the parameters that keep
+        their own init (routers, vectors, expert biases, Mamba's A, MPO cores and LoRA)."""
+        last = name.rsplit(".", 1)[-1]
+        if (".router." in name or param.dim() < 2 or last.startswith("b_") or last == "A_log"
+                or ".cores." in name or ".lora." in name):
+            return None
+        is_residual_out = name.endswith(("o_proj.weight", "down.weight", ".proj.weight", "w_down_EFD",
+                                         "w_proj_EFD", "out_proj.weight"))
+        return self.init_std / math.sqrt(2 * len(self.blocks)) if is_residual_out else self.init_std
 
     def decode_state(self, pads_B: torch.Tensor | None = None) -> DecodeState:
         """A fresh state for incremental decoding (``forward(ids, state=...)``); ``pads_B``: the left padding

@@ -25,11 +25,13 @@ experts), and so does ``virtual_group`` with k a multiple of G and output scale 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
 from moe.loading import load_model
+from moe.models.init_by_name import draw_by_name
 from moe.types import LinearScored, Scored, TopKGated, supports
 from moe.upcycle import carve
 from moe.upcycle.experts_from_dense import copy_into_experts, reinitialise_neurons
@@ -39,10 +41,20 @@ METHODS = ("copy", "virtual_group", "drop", "carve", "split")
 
 
 class FromScratch:
-    """``init=scratch``: keep the constructors' random initialisation."""
+    """``init=scratch``: the constructors' random initialisation.
+
+    ``draws``: ``sequence`` keeps it as drawn, one random stream in parameter order (what every run
+    before this option did); ``by_name`` redraws every parameter from a generator seeded by ``seed``
+    and its name (moe/models/init_by_name.py), so the arms of a comparison paired by seed start equal
+    wherever they have the same parameters.
+    """
+
+    def __init__(self, draws: Literal["sequence", "by_name"] = "sequence", seed: int = 0):
+        self.draws, self.seed = draws, seed
 
     def __call__(self, model: nn.Module) -> None:
-        pass
+        if self.draws == "by_name":
+            draw_by_name(model, self.seed)
 
 
 def _copy_matching(source: nn.Module, target: nn.Module, *, skip_ffn: bool, source_name: str) -> None:
