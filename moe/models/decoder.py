@@ -138,8 +138,8 @@ class DecoderLM(nn.Module):
     def reset_parameters(self) -> None:
         """N(0, init_std) everywhere; projections into the residual stream scaled by 1/sqrt(2·L)
         (GPT-2) so the residual variance does not grow with depth (GQA's and MLA's ``o_proj`` alike).
-        Routers keep their own init. One random stream in parameter order (``init.draws=by_name``,
-        moe/models/init_by_name.py, draws each parameter from its own)."""
+        Routers keep their own init. The draws come from the global random stream in parameter order;
+        ``init.draws=by_name`` (moe/models/init_by_name.py) redraws each from a generator of its own."""
         for name, param in self.named_parameters():
             if (std := self.initial_std(name, param)) is not None:
                 nn.init.normal_(param, std=std)
