@@ -4,11 +4,11 @@ and the parameter's name, so two models of one seed start equal wherever they ha
 A comparison paired by seed (the ``compare_*`` sweeps, MoE against dense) wants the arms of one seed to
 differ only in what the experiment changes. The constructors and ``DecoderLM.reset_parameters`` draw
 from one random stream in parameter order, so a part with more or fewer random numbers shifts every
-draw after it: with the stream, a cosine router (a projection and expert embeddings) or hash routing
-(one routed expert of 384) starts a top-k sweep's arm from other token embeddings and other attention
-weights than the top-k arm, and the dense baseline from other attention weights than the MoE in every
-block after the first. Drawing by name removes that part of the paired difference's noise (a "common
-random numbers" design):
+draw after it: with the stream, a cosine router (a projection and expert embeddings), a noisy one (a
+noise scorer) or hash routing (one routed expert of 384) starts a top-k sweep's arm from other token
+embeddings and other attention weights than the top-k arm, and the dense baseline from other attention
+weights than the MoE in every block after the first. Drawing by name removes that difference between
+the arms (a "common random numbers" design):
 
     parameter p:  p ~ N(0, std_p)  from  Generator(seed = H(run seed, name of p))
     router r:     r.reset_parameters()  with the global generator seeded H(run seed, name of r)
