@@ -26,7 +26,8 @@ with its 95% Student-t interval (moe/analysis/paired.py), the interval-excluding
 bold and the others marked "(≈0)" (also OUT/compare_paired.csv), and the seed std of val_loss pooled
 over all arms. Pairing needs every arm to hold exactly the reference's seeds (``trainer.seed`` of each
 run's config.yaml); a reference that is not an arm, or an arm with other seeds, is an error before
-anything is computed.
+anything is computed. A sentence under the paired table says whether the arms also started from the
+reference's initial weights at each seed, or only read the same data (moe/analysis/paired_init.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from model_and_data import eval_data, load
 
 from moe.analysis import collect_routing, mean_over_layers, param_counts, summarise
 from moe.analysis.paired import check_pairing, paired_difference, pooled_std
+from moe.analysis.paired_init import InitialDraws, initial_weights_note
 from moe.checkpoint import read_config
 from moe.evaluation import eval_indices
 
@@ -139,6 +141,15 @@ def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
         row["domain_mi"] = mean_over_layers(summaries, "domain_mi")
         row["topk_score_sum"] = mean_over_layers(summaries, "topk_score_sum")
     return row
+
+
+def initial_draws(run: Path) -> InitialDraws:
+    """How ``run`` drew its initial weights: its config's ``init.draws`` (None when not from scratch) and
+    its parameters, which in one random stream decide every draw."""
+    init = read_config(run / "config.yaml").get("init") or {}
+    from_scratch = str(init.get("_target_", "moe.upcycle.FromScratch")).endswith("FromScratch")
+    parameters = tuple((name, tuple(p.shape)) for name, p in load(run)[0].named_parameters())
+    return InitialDraws(draws=init.get("draws", "sequence") if from_scratch else None, parameters=parameters)
 
 
 def arm_of(label: str) -> str:
@@ -269,11 +280,12 @@ def compare(paths: list[str | Path], out: Path, *, routing: bool = True, sequenc
         by_arm: dict[str, list[float]] = {}
         for row in rows:
             by_arm.setdefault(arm_of(row["run"]), []).append(row["val_loss"])
+        draws = {arm: initial_draws(members[0]) for arm, members in arms.items()}
         lines = [f"Paired difference arm − `{reference}` over seeds, mean [95% t interval]; **bold**: the "
                  "interval excludes 0, (≈0): not distinguishable from 0:", "",
                  *_markdown(cells, ["arm", "seeds", *metrics]), "",
                  f"Seed std of val_loss pooled over the {len(by_arm)} arms: {pooled_std(list(by_arm.values())):.4g}",
-                 "", *lines]
+                 "", initial_weights_note(draws, reference), "", *lines]
     lines += _markdown(rows, columns)
     (out / "compare.md").write_text("\n".join(lines) + "\n\n![loss curves](loss_curves.png)\n")
     return rows

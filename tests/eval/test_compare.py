@@ -65,6 +65,8 @@ def test_paired_differences_against_a_reference_arm(sweep, tmp_path):
     by_seed = [[loss[RUNS[0]], loss[RUNS[1]]], [loss[RUNS[2]], loss[RUNS[3]]]]
     pooled = (sum((a - b) ** 2 / 2 for a, b in by_seed) / 2) ** 0.5  # two arms of two seeds: mean of variances
     assert f"pooled over the 2 arms: {pooled:.4g}" in text
+    # the two balancers add no parameters, so one random stream gave both arms the same initial weights
+    assert "every arm drew them in one random stream, with the same parameters as `balance=none`" in text
 
 
 def test_a_reference_that_is_not_an_arm_fails_in_one_line(sweep, tmp_path, capsys):
