@@ -9,7 +9,7 @@ draws allow it (moe/models/init_by_name.py):
   constructors' numbers in their parameters); with other parameters, every draw after the first one
   that differs is shifted, and the arm starts from other weights;
 - a run that did not start from scratch (``init=checkpoint``/``upcycle``/``carve``) took its weights from
-  ``init.path``: nothing is said of it.
+  ``init.path``: it is named, and only its data order counts as paired.
 """
 
 from __future__ import annotations
