@@ -30,14 +30,13 @@ class InitialDraws:
 def initial_weights_note(arms: Mapping[str, InitialDraws], reference: str) -> str:
     """One Markdown sentence for compare.md: which arms start from the reference's weights at a seed."""
     ref = arms[reference]
-    others = {arm: draws for arm, draws in arms.items() if arm != reference}
     not_scratch = sorted(arm for arm, d in arms.items() if d.draws is None)
-    unpaired = sorted(arm for arm, d in others.items() if d.draws is not None and ref.draws is not None
-                      and not (d.draws == ref.draws == "by_name")
-                      and not (d.draws == ref.draws == "sequence" and d.parameters == ref.parameters))
     if not_scratch:
         return (f"Initial weights: {', '.join(f'`{a}`' for a in not_scratch)} did not start from scratch "
                 f"(their init.path), so only the data order is paired.")
+    # paired: both by name, or both in sequence over the same parameters
+    unpaired = sorted(arm for arm, d in arms.items() if arm != reference and not (
+        d.draws == ref.draws and (d.draws == "by_name" or d.parameters == ref.parameters)))
     if unpaired:
         return (f"Initial weights: {', '.join(f'`{a}`' for a in unpaired)} drew them otherwise than "
                 f"`{reference}` (other parameters in one random stream, or another `init.draws`), so at a "

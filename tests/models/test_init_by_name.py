@@ -16,7 +16,8 @@ from moe.upcycle import FromScratch
 SMALL = ["model.d_model=32", "model.n_layers=3", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64",
          "model.expert_d_ff=16", "model.shared_expert_d_ff=32", "model.max_seq_len=16",
          "logger=none"]
-# the router zoo's arms whose constructors draw other amounts of random numbers than top-k's, and the dense model
+# top-k, an arm with its router's shapes (sigmoid), arms whose routers or experts draw other amounts of random
+# numbers (noisy_top_k, cosine, hash, random), and the dense model
 ARMS = {
     "top_k": ["experiment=compare_routers", "router_arm=top_k"],
     "sigmoid": ["experiment=compare_routers", "router_arm=sigmoid"],
