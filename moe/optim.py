@@ -1,8 +1,4 @@
-"""AdamW with decoupled weight decay on matrices only, and a linear-warmup + cosine LR schedule.
-
-lr(s) = lr · s / warmup                                              for s < warmup
-lr(s) = lr · (r + (1 − r) · ½ (1 + cos(π · (s − warmup) / (max_steps − warmup))))   afterwards,
-with r = ``min_lr_ratio``; s counts optimizer steps (not micro-steps).
+"""AdamW with decoupled weight decay on matrices only (its LR schedules: moe/lr_schedule.py).
 
 ``router_lr_scale`` multiplies the learning rate of every MoE layer's router (its parameter group
 follows the same schedule). Adam moves each weight by about lr per step whatever the gradient's
@@ -12,8 +8,6 @@ smaller router LR slows that race.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -54,19 +48,3 @@ def build_optimizer(
     # differently from the per-parameter loop (fused=False), which the sweeps published before it keep.
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
-
-def warmup_cosine(*, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1):
-    """The LR multiplier as a function of the optimizer step (for ``LambdaLR``)."""
-    # warmup_steps > max_steps is allowed: a short run then simply ends before the peak LR
-    if warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must be >= 0")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier

@@ -26,7 +26,7 @@ from omegaconf import MISSING
 
 from moe.checkpoint import latest_checkpoint, read_config, read_meta
 from moe.finetune import adopt_checkpoint_config, adopt_upcycle_source, resolve_tokenizer
-from moe.optim import warmup_cosine
+from moe.lr_schedule import lr_multiplier
 from moe.parallel.config import ParallelConfig, checked_parallel, launched_world_size
 from moe.parallel.train_state import TRAIN_STATE_FILE
 from moe.precision import resolve_mixed_precision
@@ -51,10 +51,11 @@ class RunPlan:
     world_size: int = 1  # processes of the launch (WORLD_SIZE), every one a data-parallel rank
 
     def schedule(self, length: int | None = None):
-        """The LR multiplier of step s (warmup then cosine) over ``length`` steps (default: the plan's)."""
+        """The LR multiplier of step s (``optim.schedule``) over ``length`` steps (default: the plan's)."""
         length = self.schedule_steps if length is None else length
-        return warmup_cosine(warmup_steps=self.optim.warmup_steps, max_steps=length,
-                             min_lr_ratio=self.optim.min_lr_ratio)
+        return lr_multiplier(schedule=self.optim.schedule, warmup_steps=self.optim.warmup_steps, max_steps=length,
+                             min_lr_ratio=self.optim.min_lr_ratio, decay_fraction=self.optim.decay_fraction,
+                             decay_shape=self.optim.decay_shape)
 
 
 def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPlan:
@@ -81,12 +82,21 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
         plan.schedule_steps = schedule_steps_on_resume(
             recorded=recorded_schedule_steps(plan.resumed_meta, read_config(plan.resume_from / "config.yaml")),
             requested=trainer.max_steps, policy=optim.schedule_on_resume, step=plan.resumed_meta["step"],
-            multiplier_for=plan.schedule, lr=optim.lr)
+            multiplier_for=plan.schedule, lr=optim.lr, checkpoint_lr=_checkpoint_lr(plan.resume_from))
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
         raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
     plan.trainer = dataclasses.replace(
         trainer, mixed_precision=resolve_mixed_precision(trainer.mixed_precision, cpu=trainer.cpu))
     return plan
+
+
+def _checkpoint_lr(checkpoint: Path) -> float | None:
+    """The LR the checkpoint's scheduler set for its next step (None for checkpoints without train_state.pt)."""
+    path = checkpoint / TRAIN_STATE_FILE
+    if not path.is_file():
+        return None
+    last_lr = torch.load(path, weights_only=False)["scheduler"].get("_last_lr")
+    return float(last_lr[0]) if last_lr else None  # group 0 holds the plain parameters at optim.lr
 
 
 def unset_keys(node: Any, prefix: str = "") -> list[str]:

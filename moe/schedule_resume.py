@@ -10,13 +10,15 @@ the experiment, so the length change must be chosen with ``optim.schedule_on_res
   checkpoint's meta.json as ``schedule_max_steps``) and hold its final LR beyond its end — the usual
   "train longer at the annealed LR";
 - ``stretch``: a schedule over the new length from step 0 (the LR jumps at the resume step; a warning
-  gives both values).
+  gives both values). A warmup-stable-decay run stretched in its stable phase does not jump: its
+  cooldown simply moves to the new end (moe/lr_schedule.py).
 
 A resumed run with an unchanged ``max_steps`` follows its schedule whatever the option.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,23 +34,28 @@ def recorded_schedule_steps(meta: Mapping[str, Any], checkpoint_config: Mapping[
 
 
 def schedule_steps_on_resume(*, recorded: int, requested: int, policy: str, step: int,
-                             multiplier_for: Callable[[int], Callable[[int], float]], lr: float) -> int:
+                             multiplier_for: Callable[[int], Callable[[int], float]], lr: float,
+                             checkpoint_lr: float | None = None) -> int:
     """The schedule length to use after resuming at ``step``; ``multiplier_for(length)`` builds the LR
-    multiplier of a schedule of that length (for the messages)."""
+    multiplier of a schedule of that length (for the messages). ``checkpoint_lr``: the LR the checkpoint's
+    scheduler holds for its next step, which differs from the recorded length's under today's options
+    when the options changed (e.g. a constant-LR run continued into a cooldown); None: unknown."""
     if policy not in POLICIES:
         raise ValueError(f"optim.schedule_on_resume={policy!r} is not one of {POLICIES}")
     if recorded == requested:
         return requested
-    before, stretched = lr * multiplier_for(recorded)(step), lr * multiplier_for(requested)(step)
+    kept, stretched = lr * multiplier_for(recorded)(step), lr * multiplier_for(requested)(step)
+    before = kept if checkpoint_lr is None else checkpoint_lr
     if policy == "error":
         raise ValueError(
             f"trainer.max_steps={requested} differs from the {recorded}-step schedule the checkpoint was trained "
-            f"with; set optim.schedule_on_resume=keep (continue that schedule, LR {before:.3g} at step {step + 1}, "
+            f"with; set optim.schedule_on_resume=keep (continue that schedule, LR {kept:.3g} at step {step + 1}, "
             f"held after step {recorded}) or optim.schedule_on_resume=stretch (a {requested}-step schedule: the LR "
             f"jumps to {stretched:.3g})")
     if policy == "stretch":
-        warnings.warn(f"optim.schedule_on_resume=stretch: the LR schedule now spans {requested} steps instead of "
-                      f"{recorded}; at step {step + 1} the LR jumps from {before:.3g} to {stretched:.3g}",
-                      UserWarning, stacklevel=2)
+        if not math.isclose(before, stretched):  # e.g. a warmup-stable-decay run in its stable phase
+            warnings.warn(f"optim.schedule_on_resume=stretch: the LR schedule now spans {requested} steps instead of "
+                          f"{recorded}; at step {step + 1} the LR jumps from {before:.3g} to {stretched:.3g}",
+                          UserWarning, stacklevel=2)
         return requested
     return recorded

@@ -98,7 +98,10 @@ class OptimConfig:
     betas: tuple[float, float]
     eps: float
     warmup_steps: int
+    schedule: str
     min_lr_ratio: float
+    decay_fraction: float
+    decay_shape: str
     grad_clip: float
     router_lr_scale: float
     fused: bool

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from moe.optim import build_optimizer, warmup_cosine
+from moe.lr_schedule import lr_multiplier, warmup_cosine
+from moe.optim import build_optimizer
 
 
 def _model():
@@ -53,3 +54,34 @@ def test_bad_router_lr_scale_is_named():
 def test_fused_choice_reaches_adamw(fused):
     optimizer = build_optimizer(torch.nn.Linear(2, 2), lr=1e-3, fused=fused)
     assert optimizer.defaults["fused"] is fused
+
+
+def test_wsd_holds_the_peak_then_cools_down_as_one_minus_sqrt():
+    # 2 warmup steps, 20 steps, the last 5 cool down from 1 to 0.1
+    multiplier = lr_multiplier(schedule="wsd", warmup_steps=2, max_steps=20, min_lr_ratio=0.1,
+                               decay_fraction=0.25, decay_shape="sqrt")
+    assert [multiplier(s) for s in range(16)] == [0.5] + [1.0] * 15
+    assert [multiplier(s) for s in range(15, 20)] == pytest.approx(
+        [0.1 + 0.9 * (1 - math.sqrt(i / 5)) for i in range(5)])
+    assert multiplier(20) == pytest.approx(0.1) and multiplier(99) == pytest.approx(0.1)
+    linear = lr_multiplier(schedule="wsd", warmup_steps=2, max_steps=20, decay_fraction=0.25, decay_shape="linear")
+    assert [linear(s) for s in range(15, 21)] == pytest.approx([1.0, 0.82, 0.64, 0.46, 0.28, 0.1])
+
+
+def test_wsd_stable_phase_does_not_depend_on_the_run_length():
+    short, long = (lr_multiplier(schedule="wsd", warmup_steps=3, max_steps=n, decay_fraction=0.2) for n in (50, 500))
+    assert [short(s) for s in range(40)] == [long(s) for s in range(40)]
+
+
+def test_wsd_edge_cases():
+    constant = lr_multiplier(schedule="wsd", warmup_steps=2, max_steps=10, decay_fraction=0.0)
+    assert [constant(s) for s in range(12)] == [0.5] + [1.0] * 11  # no cooldown: the peak LR to the end
+    # a cooldown longer than what follows the warmup starts right after it
+    short = lr_multiplier(schedule="wsd", warmup_steps=4, max_steps=6, min_lr_ratio=0.0, decay_fraction=1.0,
+                          decay_shape="linear")
+    assert [short(s) for s in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_cosine_is_the_default_schedule():
+    assert [lr_multiplier(warmup_steps=2, max_steps=12)(s) for s in range(14)] == [
+        warmup_cosine(warmup_steps=2, max_steps=12)(s) for s in range(14)]

@@ -4,11 +4,12 @@ schedule to follow (keep the checkpoint's and hold its final LR, or stretch to t
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
 from moe.checkpoint import list_checkpoints, read_meta
-from moe.optim import warmup_cosine
+from moe.lr_schedule import warmup_cosine
 from moe.schedule_resume import recorded_schedule_steps, schedule_steps_on_resume
 from moe.training import run
 
@@ -27,6 +28,15 @@ def test_policies():
     assert decide("keep") == 10
     with pytest.warns(UserWarning, match=r"spans 15 steps instead of 10; at step 11 the LR jumps from 0.0003 to "):
         assert decide("stretch") == 15
+    # the warning starts from the LR the checkpoint's scheduler holds, when known (its options may differ)
+    stretched = 3e-3 * cosine(15)(10)
+    with pytest.warns(UserWarning, match=r"the LR jumps from 0.001 to "):
+        schedule_steps_on_resume(recorded=10, requested=15, policy="stretch", step=10, multiplier_for=cosine,
+                                 lr=3e-3, checkpoint_lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schedule_steps_on_resume(recorded=10, requested=15, policy="stretch", step=10, multiplier_for=cosine,
+                                 lr=3e-3, checkpoint_lr=stretched)
     with pytest.raises(ValueError, match=r"trainer.max_steps=15 differs from the 10-step schedule .* "
                                          r"optim.schedule_on_resume=keep .* optim.schedule_on_resume=stretch"):
         decide("error")
@@ -67,3 +77,25 @@ def test_resume_longer_keeps_the_schedule_and_holds_its_final_lr(smoke, tmp_path
 def test_a_bad_policy_is_refused_on_a_fresh_run_too(smoke):
     with pytest.raises(ValueError, match=r"optim.schedule_on_resume='hold' is not one of"):
         run(smoke("optim.schedule_on_resume=hold"))
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+
+
+def test_a_stable_phase_checkpoint_continues_into_any_cooldown(smoke, tmp_path, recwarn):
+    # the warmup-stable-decay use case: train at the peak LR (no cooldown), then continue the checkpoint
+    # into a cooldown planned for a longer run; it equals that run trained in one go, and since the LR
+    # does not jump, stretch has nothing to warn about
+    common = ("trainer.log_every=1", "trainer.save_every=6", "optim.warmup_steps=2", "optim.schedule=wsd")
+    run(smoke("trainer.max_steps=6", "optim.decay_fraction=0", *common))
+    run(smoke("trainer.max_steps=10", "optim.decay_fraction=0.2", "trainer.resume=true",
+              "optim.schedule_on_resume=stretch", *common))
+    assert not [w for w in recwarn if "schedule_on_resume" in str(w.message)]
+    whole = tmp_path / "whole"
+    run(smoke("trainer.max_steps=10", "optim.decay_fraction=0.2", *common, run_dir=whole))
+    assert lrs(tmp_path / "run") == lrs(whole)
+    assert [lrs(whole)[s] / lrs(whole)[3] for s in (8, 9, 10)] == pytest.approx([1.0, 0.1 + 0.9 * (1 - 0.5 ** 0.5),
+                                                                                  0.1])
+    assert losses(tmp_path / "run") == losses(whole)
