@@ -54,8 +54,9 @@ def test_every_arm_trains(experiment, tmp_path, data_cache):
 
 @pytest.mark.parametrize("experiment", ["compare_balance", "compare_routers"])
 def test_published_sweeps_pin_the_recipe_they_were_published_with(experiment):
-    """fp32 and the per-parameter AdamW on every machine, so the documented numbers reproduce bit for bit
-    whatever the default precision and optimizer kernel become."""
+    """fp32, the per-parameter AdamW and the cosine schedule on every machine, so the documented numbers
+    reproduce bit for bit whatever the default precision, optimizer kernel and schedule become."""
     config = compose(f"experiment={experiment}")
     assert config["trainer"]["mixed_precision"] == "no"
     assert config["optim"]["fused"] is False
+    assert config["optim"]["schedule"] == "cosine"
