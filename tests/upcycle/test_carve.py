@@ -18,13 +18,16 @@ IDS = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory, data_cache):
-    """A dense smoke model trained (at a high learning rate) enough for its neurons to specialise."""
+    """A dense smoke model trained (at a high learning rate) enough for its neurons to specialise, with
+    the cosine schedule the margins below were set with: under wsd (1e-2 held until step 16) carving
+    beat the random partition at step 0 by only 0.006 nats (3.944 against 3.950), not by 0.05."""
     from conftest import compose
 
     run_dir = tmp_path_factory.mktemp("dense")
     summary = run(compose("experiment=smoke", "model=dense_tiny", "model.d_ff=128", "logger=none",
                           "trainer.progress=false", "trainer.max_steps=20", "trainer.eval_every=20",
-                          "trainer.save_every=20", "optim.lr=1e-2", f"data.cache_dir={data_cache}", run_dir=run_dir))
+                          "trainer.save_every=20", "optim.lr=1e-2", "optim.schedule=cosine",
+                          f"data.cache_dir={data_cache}", run_dir=run_dir))
     return run_dir, summary
 
 
