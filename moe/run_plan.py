@@ -79,10 +79,12 @@ def prepare_run(config: dict[str, Any], overrides: Sequence[str] = ()) -> RunPla
             raise ValueError(f"parallel.fsdp=true cannot resume {plan.resume_from}: it was written before "
                              f"checkpoints held {TRAIN_STATE_FILE}; resume it once without FSDP")
         plan.resumed_meta = read_meta(plan.resume_from)
+        recorded = recorded_schedule_steps(plan.resumed_meta, read_config(plan.resume_from / "config.yaml"))
         plan.schedule_steps = schedule_steps_on_resume(
-            recorded=recorded_schedule_steps(plan.resumed_meta, read_config(plan.resume_from / "config.yaml")),
-            requested=trainer.max_steps, policy=optim.schedule_on_resume, step=plan.resumed_meta["step"],
-            multiplier_for=plan.schedule, lr=optim.lr, checkpoint_lr=_checkpoint_lr(plan.resume_from))
+            recorded=recorded, requested=trainer.max_steps, policy=optim.schedule_on_resume,
+            step=plan.resumed_meta["step"], multiplier_for=plan.schedule, lr=optim.lr,
+            # the scheduler state is read only when the length changes (the messages need it), not on every resume
+            checkpoint_lr=_checkpoint_lr(plan.resume_from) if recorded != trainer.max_steps else None)
     if trainer.mixed_precision == "fp16" and (trainer.cpu or not torch.cuda.is_available()):
         raise ValueError("trainer.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
     plan.trainer = dataclasses.replace(
