@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import moe, torch, hydra, accelerate, datasets, pytest, lm_eval" 2>/dev/null; then
+if ! .venv/bin/python -c "import moe, torch, hydra, hydra_plugins.hydra_joblib_launcher, accelerate, datasets, pytest, lm_eval" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
   .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 fi

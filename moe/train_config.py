@@ -65,6 +65,7 @@ class TrainerConfig:
     domain_pure_batches: bool  # each micro-batch from one domain, domains in turn (moe/batches.py)
     freeze: str | tuple[str, ...]  # one of FREEZE, or a list of them (their union is frozen)
     peak_flops: float | None  # FLOP/s of one device for MFU (moe/flops.py); None: measured by a matmul probe
+    threads: int | None  # torch CPU threads while the run trains (moe/cpu_threads.py); None: torch's default
 
     def __post_init__(self):
         freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
@@ -84,6 +85,8 @@ class TrainerConfig:
         _require(self.peak_flops is None or self.peak_flops > 0,
                  f"trainer.peak_flops={self.peak_flops!r} must be a number > 0 (FLOP/s of one device) or null "
                  f"(measure)")
+        _require(self.threads is None or self.threads >= 1,
+                 f"trainer.threads={self.threads!r} must be an integer >= 1 or null (torch's default: one per core)")
         _require(self.keep_last >= 0, f"trainer.keep_last={self.keep_last} must be >= 0 (0 keeps all)")
         _require(
             self.mixed_precision in MIXED_PRECISION,

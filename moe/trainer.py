@@ -291,6 +291,7 @@ class Trainer:
             "peak_flops_source": "config" if self.plan.trainer.peak_flops else "measured",
             "trainable_params": self.trainable_params,
             "total_params": self.total_params, "mixed_precision": self.plan.trainer.mixed_precision,
+            "threads": torch.get_num_threads(),  # tokens_per_s depends on it (trainer.threads)
             "val_domain_losses": {k: v for k, v in val.items() if k.count("/") == 2 and k.endswith("/loss")},
             "checkpoints": [p.name for p in list_checkpoints(run_dir)],
         }

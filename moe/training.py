@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from moe.cpu_threads import cpu_threads
 from moe.run_plan import prepare_run
 from moe.trainer import Trainer
 
@@ -26,4 +27,6 @@ def run(config: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]
     """Train as the config says; returns the final summary (also written to RUN_DIR/summary.json).
     ``overrides``: the command line that composed ``config``, so that values the user set explicitly are
     told apart from the config files' defaults (an upcycled backbone must not silently override them)."""
-    return Trainer(prepare_run(config, overrides)).fit()
+    plan = prepare_run(config, overrides)
+    with cpu_threads(plan.trainer.threads):
+        return Trainer(plan).fit()

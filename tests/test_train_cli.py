@@ -45,6 +45,20 @@ def test_sweep_gives_each_job_its_own_run_dir(tmp_path, data_cache):
         assert (tmp_path / "cmp" / job / "checkpoints" / "step_0000004" / "meta.json").is_file()
 
 
+def test_a_sweep_runs_two_jobs_side_by_side_with_one_thread_each(tmp_path, data_cache):
+    done = train("-m", "balance=switch_aux,none", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "trainer.threads=1", f"run_dir={tmp_path / 'cmp'}", data_cache=data_cache)
+    assert done.returncode == 0, done.stderr
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout  # Hydra's log line: the jobs did go to the joblib launcher
+    jobs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
+    # the folders the default launcher makes: the thread count is not part of a job's name
+    assert [job.split(",")[0] for job in jobs] == ["0_balance=switch_aux", "1_balance=none"]
+    assert all("threads" not in job for job in jobs)
+    for job in jobs:
+        summary = json.loads((tmp_path / "cmp" / job / "summary.json").read_text())
+        assert summary["threads"] == 1 and summary["step"] == 4
+
+
 def test_a_bad_value_stops_before_the_run_directory_exists(tmp_path, data_cache):
     run_dir = tmp_path / "run"
     done = train("router.top_k=17", f"run_dir={run_dir}", data_cache=data_cache)
