@@ -1,14 +1,11 @@
 """``trainer.threads``: how many CPU threads torch's kernels use while one run trains.
 
-Why a run would take fewer threads than the machine has cores: a sweep of short jobs runs faster as
-several one-thread jobs side by side than as one multi-threaded job at a time wherever the kernels of
-this model scale poorly with threads. On a 2-core AMD EPYC (2026-12-03) one 500-step
-``experiment=compare_routers`` job took 230 s with two threads, and two such jobs side by side with
-one thread each took 364 s together (182 s per job, 1.26x the throughput); in bf16 both ended at the
-losses of the two-thread runs to the last digit (in fp32 the order of some sums changes with the thread
-count: the last digits may differ). On another 2-core AMD EPYC the same pair took as long as the two
-jobs one after another, so it is a measured option, not a default: ``hydra/launcher=joblib
-hydra.launcher.n_jobs=2 trainer.threads=1`` (README, "Swapping parts"; docs/results.md).
+Why a run would take fewer threads than the machine has cores: a sweep of short jobs can run faster
+as several one-thread jobs side by side (``hydra/launcher=joblib hydra.launcher.n_jobs=2
+trainer.threads=1``) than one two-thread job at a time, where this model's kernels scale poorly with
+threads. Measured on two 2-core CPUs: 1.26x on one, no gain on the other (docs/results.md, compare_routers
+at 500 steps), so it is an option, not a default. In bf16 the losses matched the two-thread runs to the
+last digit; in fp32 the order of some sums changes with the thread count.
 
 The count is set for the run and put back afterwards, so runs that share a process (Hydra's default
 launcher, tests) do not inherit each other's.
