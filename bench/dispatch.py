@@ -201,7 +201,7 @@ def bench_config(T: int, E: int, k: int, kind: str, dtype: str, modes, repeats: 
                                      autocast)
            for name, (fn, params) in fns.items()}
     compute = torch.bfloat16 if dtype == "bf16" else torch.float32
-    auto = modules["grouped"].resolved_impl(x_TD.device, compute, routing.tokens_per_expert_E)
+    auto = modules["grouped"].resolved_impl(x_TD.device, compute)
     rows = []
     for mode in modes:
         ms = {name: statistics.median(times[name, mode]) * 1e3 for name in fns}

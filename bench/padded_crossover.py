@@ -1,5 +1,6 @@
-"""Where GroupedExperts' auto stops using the padded kernel: padded_bmm against grouped_mm in bf16 on the
-CPU, as the routing grows skewed and the padding E·C/N with it.
+"""Padding in bf16 on the CPU, one MoE layer: grouped_mm on the raw per-expert row counts, grouped_mm on
+rows rounded up to 64 per expert (``impl=auto``'s default there), and padded_bmm (every expert padded to
+the busiest one, C rounded to 64), as the routing grows skewed.
 
     .venv/bin/python bench/padded_crossover.py [--T 2048] [--E 16] [--k 2] [--D 192] [--F 192]
         [--zipf 0 0.25 0.5 0.75 1 1.5] [--repeats 21] [--warmup 3] [--json PATH]
@@ -9,9 +10,9 @@ The defaults are one MoE layer of the default model at one micro-batch (8 × 256
 experts per token drawn from it without replacement; gate weights 1/k. Every round draws a new routing
 (seeded), so the per-expert row counts change from round to round as they do between training steps:
 with one fixed routing, grouped_mm would reuse its oneDNN setup and look faster than in training. For
-each s both impls of GroupedExperts (the same weights) run a forward and a backward with a fixed random
-output gradient under bf16 autocast, interleaved round-robin; the table gives the medians, the median
-E·C/N (C = the busiest expert's rows rounded up to 64) and what ``impl=auto`` picks at that padding.
+each s the three kernels (GroupedExperts with the same weights) run a forward and a backward with a fixed
+random output gradient under bf16 autocast, interleaved round-robin; the table gives the medians and the
+median rows each padding computes per real row: Σ_e round_up(n_e, 64) / N and E·C / N.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from allocator import restart_with_allocator_env
 
 from moe.experts import GroupedExperts
-from moe.experts.grouped import padded_capacity
+from moe.experts.padded import round_up
 from moe.types import Routing
 
 
@@ -64,37 +65,36 @@ def main() -> None:
     restart_with_allocator_env()
     torch.manual_seed(0)
     dims = {"num_experts": args.E, "d_model": args.D, "d_ff": args.F}
-    impls = {impl: GroupedExperts(**dims, impl=impl) for impl in ("grouped_mm", "padded_bmm")}
-    impls["padded_bmm"].load_state_dict(impls["grouped_mm"].state_dict())
-    auto = GroupedExperts(**dims)
+    impls = {"grouped_mm, raw rows": GroupedExperts(**dims, impl="grouped_mm", pad_multiple=1),
+             "grouped_mm, rows to 64 (auto)": GroupedExperts(**dims, impl="grouped_mm", pad_multiple=64),
+             "padded_bmm, C to 64": GroupedExperts(**dims, impl="padded_bmm", pad_multiple=64)}
+    for experts in impls.values():
+        experts.load_state_dict(GroupedExperts(**dims).state_dict())
     x_TD = torch.randn(args.T, args.D, requires_grad=True)
     grad_TD = torch.randn(args.T, args.D)
     rows = []
     print(f"T={args.T} E={args.E} k={args.k} D={args.D} F={args.F}, bf16 autocast, fwd+bwd, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| zipf s | busiest expert's share | E·C/N | grouped_mm ms | padded_bmm ms | padded / grouped "
-          "| auto (mostly) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| zipf s | busiest expert's share | rows to 64 / N | E·C/N | {' ms | '.join(impls)} ms |")
+    print("| --- " * (4 + len(impls)) + "|")
     for s in args.zipf:
-        n, times, shares, paddings, autos = args.T * args.k, {impl: [] for impl in impls}, [], [], []
+        n, times, shares, rounded, padded = args.T * args.k, {name: [] for name in impls}, [], [], []
         for i in range(args.warmup + args.repeats):
             routing = zipf_routing(args.T, args.E, args.k, s, seed=i)
             counts_E = routing.tokens_per_expert_E
-            for impl, experts in impls.items():
+            for name, experts in impls.items():
                 seconds = step_seconds(experts, x_TD, routing, grad_TD)
                 if i >= args.warmup:
-                    times[impl].append(seconds)
+                    times[name].append(seconds)
             shares.append(float(counts_E.max()) / n)
-            paddings.append(args.E * padded_capacity(counts_E) / n)
-            autos.append(auto.resolved_impl(x_TD.device, torch.bfloat16, counts_E))
-        ms = {impl: statistics.median(t) * 1e3 for impl, t in times.items()}
-        row = {"zipf": s, "max_share": statistics.median(shares), "padding": statistics.median(paddings),
-               "grouped_mm_ms": ms["grouped_mm"], "padded_bmm_ms": ms["padded_bmm"],
-               "ratio": ms["padded_bmm"] / ms["grouped_mm"],
-               "auto": max(set(autos), key=autos.count)}
+            rounded.append(sum(round_up(int(c), 64) for c in counts_E) / n)
+            padded.append(args.E * round_up(int(counts_E.max()), 64) / n)
+        ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        row = {"zipf": s, "max_share": statistics.median(shares), "rounded_rows": statistics.median(rounded),
+               "padded_rows": statistics.median(padded), "ms": ms}
         rows.append(row)
-        print(f"| {s:g} | {row['max_share']:.3f} | {row['padding']:.2f} | {ms['grouped_mm']:.1f} | "
-              f"{ms['padded_bmm']:.1f} | {row['ratio']:.2f} | {row['auto']} |", flush=True)
+        print(f"| {s:g} | {row['max_share']:.3f} | {row['rounded_rows']:.2f} | {row['padded_rows']:.2f} | "
+              + " | ".join(f"{v:.1f}" for v in ms.values()) + " |", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
 

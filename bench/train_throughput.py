@@ -2,7 +2,9 @@
 same active parameters.
 
     .venv/bin/python bench/train_throughput.py [--quick] [--compile] [--dtype bf16] [--steps N] [--json PATH]
-        [--experts capacity pad_multiple=64]        # another experts config for the MoE
+        [--experts capacity pad_multiple=64]        # another experts config for the MoE; repeat the flag to
+                                                    # time several MoE variants side by side
+        [--data embedded --warmup 100]              # real batches: the routing of a run, not of random bytes
         [--hybrids]                                 # add jamba_tiny, eager and with trainer.compile_mamba
 
 Models, built with ``moe.models.build.build_model`` from the repository's own config files:
@@ -18,7 +20,10 @@ Models, built with ``moe.models.build.build_model`` from the repository's own co
 A *step* is what the trainer does per optimizer step: forward with targets (loss = CE + the balancers'
 aux losses), backward, global grad-norm clipping at configs/optim/adamw.yaml's grad_clip, AdamW step
 (moe.optim.build_optimizer with that file's lr, betas, weight decay), ``zero_grad(set_to_none=True)``.
-A batch is 8 sequences × 256 tokens of random byte ids (2048 tokens/step; a fresh batch each step).
+A batch is 8 sequences × 256 tokens (2048 tokens/step): random byte ids (``--data random``, the default),
+or with ``--data embedded`` consecutive batches of the default corpus's training split. Random bytes route
+unevenly (an untrained router on noise); real text, after a hundred warm-up steps of the balance loss,
+routes like a default run, which is what the expert kernels' speed depends on.
 
 Timing: ``--warmup`` untimed steps per model, then ``--steps`` timed steps; models interleaved step by
 step (round-robin), so drift and other processes on the machine hit all alike. tokens/s = 2048 / median
@@ -43,6 +48,7 @@ import torch
 import yaml
 from allocator import ALLOCATOR_ENV, restart_with_allocator_env
 
+from moe.data import build_embedded
 from moe.models.build import build_model
 from moe.models.mamba import compile_mamba_scans
 from moe.optim import build_optimizer
@@ -66,16 +72,37 @@ def model_config(name: str) -> dict:
     return {**merged, **spec}
 
 
-def configs(experts: list[str], hybrids: bool) -> dict[str, dict]:
-    """The models; ``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
-    balance = {**load("balance", "switch_aux"), **load("balance", "z_loss")}
+def experts_config(experts: list[str]) -> dict:
+    """``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
     experts_cfg = load("experts", experts[0])
     for override in experts[1:]:
         key, value = override.split("=", 1)
         experts_cfg[key] = yaml.safe_load(value)
-    shared = {"router": load("router", "top_k"), "experts": experts_cfg, "balance": balance}
-    models = {"moe": "moe_tiny", "dense": "dense_tiny", **({"jamba": "jamba_tiny"} if hybrids else {})}
-    return {name: {"model": model_config(file), **shared} for name, file in models.items()}
+    return experts_cfg
+
+
+def configs(experts: list[list[str]], hybrids: bool) -> dict[str, dict]:
+    """The models: one MoE per entry of ``experts`` (the first named ``moe``, the others
+    ``moe[their flags]``), the dense model, and with ``hybrids`` jamba_tiny (with the first experts)."""
+    balance = {**load("balance", "switch_aux"), **load("balance", "z_loss")}
+    shared = {"router": load("router", "top_k"), "balance": balance}
+    models = {"moe" if i == 0 else f"moe[{' '.join(flags)}]": ("moe_tiny", flags) for i, flags in enumerate(experts)}
+    models.update({"dense": ("dense_tiny", experts[0]), **({"jamba": ("jamba_tiny", experts[0])} if hybrids else {})})
+    return {name: {"model": model_config(file), "experts": experts_config(flags), **shared}
+            for name, (file, flags) in models.items()}
+
+
+def batches(data: str, count: int) -> list[torch.Tensor]:
+    """``count`` batches of [BATCH, SEQ + 1] token ids (see the module docstring for ``data``)."""
+    if data == "random":
+        gen = torch.Generator().manual_seed(0)
+        return [torch.randint(0, 256, (BATCH, SEQ + 1), generator=gen) for _ in range(min(count, 8))]
+    cfg = load("data", "embedded")
+    ids = build_embedded(seq_len=SEQ, max_bytes_per_domain=cfg["max_bytes_per_domain"],
+                         cache_dir=str(Path.home() / ".cache" / "moe-lab" / "data")).train.input_ids
+    if len(ids) < count * BATCH:
+        raise SystemExit(f"--data embedded has {len(ids)} training sequences, fewer than {count} batches of {BATCH}")
+    return list(ids[: count * BATCH].split(BATCH))
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -98,8 +125,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--experts", nargs="+", default=["grouped"], metavar="NAME [KEY=VALUE]",
-                        help="the MoE's experts config and overrides (default: grouped), e.g. capacity pad_multiple=64")
+    parser.add_argument("--experts", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE]",
+                        help="the MoE's experts config and overrides (default: grouped), "
+                             "e.g. capacity pad_multiple=64; repeat for more MoE variants")
+    parser.add_argument("--data", choices=("random", "embedded"), default="random",
+                        help="random byte ids, or batches of the embedded corpus (use with --warmup 100)")
     parser.add_argument("--hybrids", action="store_true", help="also jamba_tiny, eager and with compiled Mamba scans")
     parser.add_argument("--json", type=Path, default=None, help="write {meta, rows} here")
     args = parser.parse_args()
@@ -110,6 +140,7 @@ def main() -> None:
     if args.compile:
         warmup = max(warmup, 3)  # the first compiled steps compile (and may recompile once)
 
+    args.experts = args.experts or [["grouped"]]
     cfgs = configs(args.experts, args.hybrids)
     optim_cfg = load("optim", "adamw")
     variants = {}
@@ -128,12 +159,11 @@ def main() -> None:
         for name, m in variants.items()
     }
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, 256, (BATCH, SEQ + 1), generator=gen) for _ in range(8)]
+    data = batches(args.data, warmup + steps)
 
     def step(name: str, i: int) -> float:
         model, optimizer = variants[name], optimizers[name]
-        batch = batches[i % len(batches)]
+        batch = data[i % len(data)]
         start = time.perf_counter()
         with autocast:
             out = model(batch[:, :-1], batch[:, 1:])
@@ -164,15 +194,17 @@ def main() -> None:
             row["compile_s"] = sum(t - med for t in warm[name])
         rows.append(row)
     by = {r["model"]: r for r in rows}
-    print(f"{args.dtype}, experts {' '.join(args.experts)}, {torch.get_num_threads()} threads, "
+    print(f"{args.dtype}, experts {' '.join(args.experts[0])}, data {args.data}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, batch {BATCH}x{SEQ}, "
           f"{warmup} warm-up + median of {steps} interleaved steps ({total_s:.0f} s)")
-    print(f"{'model':>19} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
+    width = max(19, *(len(name) for name in variants))
+    print(f"{'model':>{width}} | {'params':>9} | {'active':>9} | {'step ms':>8} | {'tokens/s':>8} | {'compile s':>9}")
     for r in rows:
         compile_s = f"{r['compile_s']:9.1f}" if "compile_s" in r else f"{'-':>9}"
-        print(f"{r['model']:>19} | {r['params']:>9,} | {r['active_params']:>9,} | {r['step_ms']:8.1f} | "
+        print(f"{r['model']:>{width}} | {r['params']:>9,} | {r['active_params']:>9,} | {r['step_ms']:8.1f} | "
               f"{r['tokens_per_s']:8.0f} | {compile_s}")
-    ratios = {"moe/dense": by["moe"]["tokens_per_s"] / by["dense"]["tokens_per_s"]}
+    ratios = {f"{name}/dense": by[name]["tokens_per_s"] / by["dense"]["tokens_per_s"]
+              for name in by if name.startswith("moe") and not name.endswith("_compiled")}
     if args.compile:
         for a, b in (("moe_compiled", "dense_compiled"), ("moe_compiled", "moe"), ("dense_compiled", "dense")):
             ratios[f"{a}/{b}"] = by[a]["tokens_per_s"] / by[b]["tokens_per_s"]
@@ -183,7 +215,7 @@ def main() -> None:
         print(f"{key}: {value:.2f}x")
     if args.json:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype,
-                "experts": args.experts, "hybrids": args.hybrids,
+                "experts": args.experts, "data": args.data, "hybrids": args.hybrids,
                 "steps": steps, "warmup": warmup, "batch": [BATCH, SEQ], "compile": args.compile,
                 "allocator_env": ALLOCATOR_ENV, "ratios": ratios,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

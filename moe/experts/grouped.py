@@ -9,24 +9,25 @@ tokens_per_expert_E), chosen by ``impl``:
   stride a multiple of 16 bytes, i.e. D and F multiples of 16 / element size).
 - ``"sorted_loop"``: a Python loop over the E slices (``torch.split`` + ``w.unbind(0)``, one GEMM each).
 - ``"padded_bmm"``: every expert's rows copied into a zero-padded [E, C, D] buffer, C = the busiest
-  expert's rows rounded up to a multiple of 64, and three batched matmuls (moe/experts/padded.py;
-  the same kernel as CapacityExperts without a capacity limit). It computes E·C rows for N.
-- ``"auto"`` (default), decided at every forward:
-  - ``padded_bmm`` in bf16 on the CPU while its padding is moderate, E·C ≤ 3·N. There, every new
-    matrix shape costs oneDNN setup, and rounding C to 64 keeps the shapes few. One layer alone
-    (bench/padded_crossover.py, T=2048, E=16, D=F=192, new row counts every call) breaks even near
-    E·C = 2.25·N and loses 1.24× at 3.25·N, 1.75× at 6·N; whole training steps of the default model ran
-    fastest with the bound at 3 (mean tokens/s over 300 steps, two rounds: 11.2k with 2, 12.6k with 3,
-    11.8k with 4, 12.5k always padded), where grouped_mm's setup is paid for every layer's shapes
-    (bench/README.md, "The padded kernel in bf16").
-  - otherwise ``grouped_mm`` whenever it can run here (torch has it, the dtype and row strides fit, a
-    one-time forward+backward probe on this device and dtype passed, not inside ``torch.compile``,
-    where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold between these
-    two, because none paid off: with few rows per expert the loop pays per-expert dispatch overhead
-    and grouped_mm is faster; with many rows the two tie in fp32 and grouped_mm stays ahead in bf16
-    (bench/README.md, "grouped_mm against the sorted loop").
+  expert's rows rounded up to ``pad_multiple``, and three batched matmuls (moe/experts/padded.py; the
+  same kernel as CapacityExperts without a capacity limit). It computes E·C rows for N.
+- ``"auto"`` (default): ``grouped_mm`` whenever it can run here (torch has it, the dtype and row strides
+  fit, a one-time forward+backward probe on this device and dtype passed, not inside ``torch.compile``,
+  where fp32 grouped_mm failed to trace); else ``sorted_loop``. No shape threshold between these two,
+  because none paid off: with few rows per expert the loop pays per-expert dispatch overhead and
+  grouped_mm is faster; with many rows the two tie in fp32 and grouped_mm stays ahead in bf16
+  (bench/README.md, "grouped_mm against the sorted loop").
 
-All three compute the same function; they differ only in rounding (the order of the sums).
+``pad_multiple`` rounds every expert's row count up to a multiple of itself with zero rows before the
+GEMMs (grouped_mm, sorted_loop) or rounds C (padded_bmm). ``None`` (default): 64 in bf16 on the CPU,
+else 1. In bf16 on the CPU every new matrix shape makes oneDNN build (JIT-compile) a kernel, and the
+per-expert row counts change at every step: unpadded, a default training step built about 60 kernels
+and took ~7k page faults, and the churn slowed even the model's elementwise ops. Rounded to 64, the
+shapes repeat and stay in oneDNN's kernel cache; the padding costs at most 63 rows per expert
+(bench/README.md, "Rows rounded to 64 in bf16").
+
+All three compute the same function; they differ only in rounding (the order of the sums). Zero
+rows change nothing: a padded run matches an unpadded one to the last bit on this CPU.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe.experts.padded import padded_expert_outputs, round_up
+from moe.experts.padded import padded_expert_outputs, round_up, rounded_slots
 from moe.experts.swiglu import SwiGLUExperts
 
 IMPLS = ("auto", "grouped_mm", "sorted_loop", "padded_bmm")
-PADDED_ROW_MULTIPLE = 64   # padded_bmm rounds C up to this: few distinct shapes for bf16 on the CPU
-PADDED_MAX_OVERHEAD = 3.0  # auto takes padded_bmm (CPU, bf16) while E·C <= this · N
+CPU_BF16_PAD_MULTIPLE = 64  # pad_multiple=None in bf16 on the CPU: few distinct matrix shapes for oneDNN
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 _probe_cache: dict[tuple[str, torch.dtype], bool] = {}
@@ -81,24 +81,22 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     return _probe_cache[key]
 
 
-def padded_capacity(tokens_per_expert_E: torch.Tensor) -> int:
-    """padded_bmm's C: the busiest expert's rows rounded up to PADDED_ROW_MULTIPLE."""
-    return round_up(int(tokens_per_expert_E.max()), PADDED_ROW_MULTIPLE)
-
-
 class GroupedExperts(SwiGLUExperts):
     """Sorted dispatch with grouped GEMMs or a sorted loop (see the module docstring for ``impl``)."""
 
     def __init__(
         self, *, num_experts: int, d_model: int, d_ff: int, init_std: float = 0.02, impl: str = "auto",
-        activation: str = "swiglu",
+        pad_multiple: int | None = None, activation: str = "swiglu",
     ):
         super().__init__(num_experts=num_experts, d_model=d_model, d_ff=d_ff, init_std=init_std, activation=activation)
         if impl not in IMPLS:
             raise ValueError(f"experts.impl={impl!r} is not one of {IMPLS}")
         if impl == "grouped_mm" and _grouped_mm is None:
             raise ValueError(f"experts.impl='grouped_mm' needs torch>=2.9 (installed: {torch.__version__})")
-        self.impl = impl
+        if pad_multiple is not None and (isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int)
+                                         or pad_multiple < 1):
+            raise ValueError(f"experts.pad_multiple={pad_multiple!r} must be null or an integer >= 1")
+        self.impl, self.pad_multiple = impl, pad_multiple
 
     def grouped_mm_problem(self, device: torch.device, dtype: torch.dtype) -> str | None:
         """Why grouped_mm cannot run for activations of this device and dtype, or None if it can."""
@@ -115,31 +113,34 @@ class GroupedExperts(SwiGLUExperts):
             return f"grouped_mm failed on {device} in {dtype}"
         return None
 
-    def resolved_impl(
-        self, device: torch.device, dtype: torch.dtype, tokens_per_expert_E: torch.Tensor | None = None
-    ) -> str:
-        """The implementation a forward on activations of this device and dtype uses (with these
-        expert row counts: auto's padded_bmm depends on them; without them it is not considered)."""
+    def resolved_impl(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The implementation a forward on activations of this device and dtype uses."""
         if self.impl != "auto":
             return self.impl
-        if tokens_per_expert_E is not None and self.padding_pays(device, dtype, tokens_per_expert_E):
-            return "padded_bmm"
         return "sorted_loop" if self.grouped_mm_problem(device, dtype) else "grouped_mm"
 
-    @staticmethod
-    def padding_pays(device: torch.device, dtype: torch.dtype, tokens_per_expert_E: torch.Tensor) -> bool:
-        """Whether auto runs padded_bmm: bf16 on the CPU, outside torch.compile, E·C <= 3·N."""
-        if device.type != "cpu" or dtype != torch.bfloat16 or torch.compiler.is_compiling():
-            return False
-        num_rows = int(tokens_per_expert_E.sum())
-        padded_rows = tokens_per_expert_E.shape[0] * padded_capacity(tokens_per_expert_E)
-        return 0 < num_rows and padded_rows <= PADDED_MAX_OVERHEAD * num_rows
+    def resolved_pad_multiple(self, device: torch.device, dtype: torch.dtype) -> int:
+        """The row multiple a forward on activations of this device and dtype pads to (module docstring)."""
+        if self.pad_multiple is not None:
+            return self.pad_multiple
+        cpu_bf16 = device.type == "cpu" and dtype == torch.bfloat16 and not torch.compiler.is_compiling()
+        return CPU_BF16_PAD_MULTIPLE if cpu_bf16 else 1
 
     def expert_outputs(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
-        impl = self.resolved_impl(x_ND.device, x_ND.dtype, tokens_per_expert_E)
+        impl = self.resolved_impl(x_ND.device, x_ND.dtype)
+        multiple = self.resolved_pad_multiple(x_ND.device, x_ND.dtype)
         if impl == "padded_bmm":
-            return padded_expert_outputs(x_ND, tokens_per_expert_E, padded_capacity(tokens_per_expert_E), weights,
-                                         self.mlp)
+            capacity = round_up(int(tokens_per_expert_E.max()), multiple)
+            return padded_expert_outputs(x_ND, tokens_per_expert_E, capacity, weights, self.mlp)
+        if multiple == 1:
+            return self.sorted_outputs(impl, x_ND, tokens_per_expert_E, weights)
+        # index_copy into zeros: its backward is an index_select, so the zero rows get no gradient
+        slot_N, rows_per_expert_E = rounded_slots(tokens_per_expert_E, multiple)
+        x_PD = x_ND.new_zeros(int(rows_per_expert_E.sum()), x_ND.shape[-1]).index_copy(0, slot_N, x_ND)
+        return self.sorted_outputs(impl, x_PD, rows_per_expert_E, weights).index_select(0, slot_N)
+
+    def sorted_outputs(self, impl: str, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
+        """FFN_e of every row by ``grouped_mm`` or ``sorted_loop``, the rows grouped by expert."""
         if impl == "grouped_mm":
             if problem := self.grouped_mm_problem(x_ND.device, x_ND.dtype):
                 raise RuntimeError(f"experts.impl='grouped_mm' cannot run: {problem}; use impl='auto'")
@@ -153,4 +154,4 @@ class GroupedExperts(SwiGLUExperts):
         return torch.cat([self.mlp(x_rows, expert_weights) for x_rows, expert_weights in per_expert])
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, impl={self.impl!r}"
+        return f"{super().extra_repr()}, impl={self.impl!r}, pad_multiple={self.pad_multiple!r}"

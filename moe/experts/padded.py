@@ -26,12 +26,29 @@ def round_up(n: int, multiple: int) -> int:
 def padded_slots(tokens_per_expert_E: torch.Tensor, capacity: int) -> torch.Tensor:
     """slot_N: the flat row (e·C + position within e) of each expert-sorted row in x_ECD."""
     E, device = tokens_per_expert_E.shape[0], tokens_per_expert_E.device
+    return _slots(tokens_per_expert_E, torch.arange(E, device=device) * capacity)
+
+
+def round_up_each(counts_E: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Every count rounded up to a multiple of ``multiple`` (long)."""
+    return -(-counts_E.to(torch.long) // multiple) * multiple
+
+
+def rounded_slots(tokens_per_expert_E: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot_N, rows_per_expert_E): every expert's rows rounded up to a multiple of ``multiple``, the
+    experts still one after another; slot_N is the row of each expert-sorted row in that layout."""
+    rows_per_expert_E = round_up_each(tokens_per_expert_E, multiple)
+    return _slots(tokens_per_expert_E, torch.cumsum(rows_per_expert_E, 0) - rows_per_expert_E), rows_per_expert_E
+
+
+def _slots(tokens_per_expert_E: torch.Tensor, first_slot_E: torch.Tensor) -> torch.Tensor:
+    """slot_N = first_slot_E[expert] + position within the expert, for expert-sorted rows."""
+    E, device = tokens_per_expert_E.shape[0], tokens_per_expert_E.device
     counts_E = tokens_per_expert_E.to(torch.long)
     n = int(counts_E.sum())
     expert_N = torch.repeat_interleave(torch.arange(E, device=device), counts_E, output_size=n)
     starts_E = torch.cumsum(counts_E, 0) - counts_E
-    position_N = torch.arange(n, device=device) - starts_E[expert_N]
-    return expert_N * capacity + position_N
+    return first_slot_E[expert_N] + torch.arange(n, device=device) - starts_E[expert_N]
 
 
 def padded_expert_outputs(

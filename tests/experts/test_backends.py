@@ -14,6 +14,7 @@ from routings import random_routing
 
 from moe.experts import CapacityExperts, GroupedExperts, LoopExperts, SwiGLUExperts
 from moe.experts import grouped as grouped_module
+from moe.types import Routing
 
 T, D, F_, E, K = 40, 16, 32, 6, 2
 DIMS = {"num_experts": E, "d_model": D, "d_ff": F_}
@@ -32,6 +33,9 @@ BACKENDS = [pytest.param(lambda p=p: from_config(p.stem, **DIMS), id=f"config={p
             for p in group_files("experts") if p.stem != "mpo"]  # mpo: tests/experts/test_mpo.py
 BACKENDS += [pytest.param(lambda i=i: GroupedExperts(**DIMS, impl=i), id=f"impl={i}")
              for i in ("grouped_mm", "sorted_loop", "padded_bmm", "auto")]
+# every expert's rows rounded up with zero rows (auto's default in CPU bf16), here also in fp32
+BACKENDS += [pytest.param(lambda i=i: GroupedExperts(**DIMS, impl=i, pad_multiple=8), id=f"impl={i},pad_multiple=8")
+             for i in ("grouped_mm", "sorted_loop", "padded_bmm")]
 
 
 def parity(backend, case: str, dtype=torch.float32, autocast: bool = False):
@@ -136,35 +140,47 @@ def test_auto_rule():
     assert forced.resolved_impl(cpu, torch.float32) == "sorted_loop"
 
 
-@pytest.mark.parametrize(
-    ("counts", "dtype", "expected"),
-    [
-        ([64] * 8, torch.bfloat16, "padded_bmm"),                          # C = 64: E·C = N
-        ([192, 64, 64, 64, 64, 64, 0, 0], torch.bfloat16, "padded_bmm"),   # E·C = 1536 = 3·N: the bound
-        ([192, 64, 64, 64, 64, 63, 0, 0], torch.bfloat16, "grouped_mm"),   # 1536 > 3·511
-        ([193, 64, 64, 64, 64, 64, 64, 64], torch.bfloat16, "grouped_mm"),  # C = 256: 2048 > 3·641
-        ([0] * 8, torch.bfloat16, "grouped_mm"),                          # nothing routed
-        ([64] * 8, torch.float32, "grouped_mm"),                          # padded_bmm only for bf16
-    ],
-)
-def test_auto_takes_padded_bmm_in_cpu_bf16_while_padding_at_most_triples_the_rows(counts, dtype, expected):
-    experts = GroupedExperts(num_experts=8, d_model=16, d_ff=32)
-    assert experts.resolved_impl(torch.device("cpu"), dtype, torch.tensor(counts)) == expected
+def test_pad_multiple_is_64_in_cpu_bf16_unless_set():
+    """None pads to 64 only where oneDNN builds a kernel per matrix shape (bf16 on the CPU)."""
+    cpu = torch.device("cpu")
+    auto, set_to_1 = GroupedExperts(**DIMS), GroupedExperts(**DIMS, pad_multiple=1)
+    assert auto.resolved_pad_multiple(cpu, torch.bfloat16) == 64
+    assert auto.resolved_pad_multiple(cpu, torch.float32) == 1
+    assert auto.resolved_pad_multiple(torch.device("cuda"), torch.bfloat16) == 1
+    assert set_to_1.resolved_pad_multiple(cpu, torch.bfloat16) == 1
+    assert GroupedExperts(**DIMS, pad_multiple=16).resolved_pad_multiple(cpu, torch.float32) == 16
 
 
-def test_auto_padded_bmm_is_the_capacity_backend_bit_for_bit():
-    """In CPU bf16 with balanced routing, auto runs CapacityExperts(pad_multiple=64)'s kernel, so the default
-    reproduces runs made with experts=capacity experts.pad_multiple=64 exactly."""
-    grouped, capacity = GroupedExperts(**DIMS), CapacityExperts(**DIMS, pad_multiple=64)
-    capacity.load_state_dict(grouped.state_dict())
-    tokens = 384  # enough rows per expert that C, rounded to 64, pads by less than 3x
-    routing = random_routing("topk", T=tokens, E=E, K=K)
-    x_TD, grad_TD = torch.randn(tokens, D), torch.randn(tokens, D)
-    assert grouped.resolved_impl(x_TD.device, torch.bfloat16, routing.tokens_per_expert_E) == "padded_bmm"
+@pytest.mark.parametrize("impl", ["grouped_mm", "sorted_loop", "padded_bmm"])
+def test_rows_reach_the_gemms_rounded_up_to_the_multiple(monkeypatch, impl):
+    """The GEMMs see every expert's rows rounded up to 64 (bf16 default): [3, 0, 65, 1, ...] → 64, 0, 128, 64;
+    padded_bmm's C = the busiest expert's 65 → 128. The zero rows leave outputs and gradients as unpadded."""
+    counts = [3, 0, 65, 1, 6, 5]
+    expert_ids_N = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))
+    routing = Routing(token_ids_N=torch.arange(80), expert_ids_N=expert_ids_N,
+                      weights_N=torch.rand(80, requires_grad=True), logits_TE=torch.zeros(80, E),
+                      probs_TE=torch.full((80, E), 1 / E),
+                      tokens_per_expert_E=torch.tensor(counts), num_dropped=0, top_k=1.0)
+    padded, unpadded = GroupedExperts(**DIMS, impl=impl), GroupedExperts(**DIMS, impl=impl, pad_multiple=1)
+    unpadded.load_state_dict(padded.state_dict())
+    seen = []
+    real_mlp = SwiGLUExperts.mlp
+
+    def recording_mlp(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape))
+        return real_mlp(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(SwiGLUExperts, "mlp", recording_mlp)
+    x_TD, grad_TD = torch.randn(80, D), torch.randn(80, D)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        (y_g, grads_g), (y_c, grads_c) = (outputs_and_grads(m, x_TD, routing, grad_TD) for m in (grouped, capacity))
-    assert torch.equal(y_g, y_c)
-    assert all(torch.equal(a, b) for a, b in zip(grads_g, grads_c, strict=True))
+        (y, grads), (y_ref, grads_ref) = (outputs_and_grads(m, x_TD, routing, grad_TD) for m in (padded, unpadded))
+    expected = {"grouped_mm": [(64 + 128 + 64 + 64 + 64, D), (80, D)],
+                "sorted_loop": [(64, D), (0, D), (128, D), (64, D), (64, D), (64, D)] + [(n, D) for n in counts],
+                "padded_bmm": [(E, 128, D), (E, 65, D)]}[impl]
+    assert seen == expected
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=1e-2, rtol=1e-2)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert rel_err(g, g_ref) < 1e-2
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
@@ -197,10 +213,13 @@ def test_misaligned_shapes_fall_back_or_fail_clearly():
         ({"num_experts": True}, "experts.num_experts=True"),
         ({"init_std": 0.0}, "experts.init_std=0.0 must be a number > 0"),
         ({"impl": "cuda"}, r"experts.impl='cuda' is not one of \('auto', 'grouped_mm', 'sorted_loop', 'padded_bmm'\)"),
+        ({"pad_multiple": 0}, "experts.pad_multiple=0 must be null or an integer >= 1"),
+        ({"pad_multiple": 64.0}, "experts.pad_multiple=64.0 must be null or an integer >= 1"),
+        ({"pad_multiple": True}, "experts.pad_multiple=True must be null"),
     ],
 )
 def test_bad_arguments(kwargs, message):
-    cls = GroupedExperts if "impl" in kwargs else LoopExperts
+    cls = GroupedExperts if {"impl", "pad_multiple"} & kwargs.keys() else LoopExperts
     with pytest.raises(ValueError, match=message):
         cls(**{**DIMS, **kwargs})
 
@@ -224,7 +243,9 @@ def make_routing(case: str, T: int = T, E: int = E, K: int = K):
 def gelu_experts(make_backend) -> SwiGLUExperts:
     """A backend's GELU twin (same class and options, activation="gelu") with random non-zero biases."""
     backend = make_backend()
-    options = {"impl": backend.impl} if isinstance(backend, GroupedExperts) else {}
+    options = {}
+    if isinstance(backend, GroupedExperts):
+        options = {"impl": backend.impl, "pad_multiple": backend.pad_multiple}
     if isinstance(backend, CapacityExperts):
         options = {"pad_multiple": backend.pad_multiple, "capacity_factor": backend.capacity_factor}
     experts = type(backend)(**DIMS, **options, activation="gelu")
