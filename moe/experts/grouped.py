@@ -21,10 +21,10 @@ tokens_per_expert_E), chosen by ``impl``:
 ``pad_multiple`` rounds every expert's row count up to a multiple of itself with zero rows before the
 GEMMs (grouped_mm, sorted_loop) or rounds C (padded_bmm). ``None`` (default): 64 in bf16 on the CPU,
 else 1. In bf16 on the CPU every new matrix shape makes oneDNN build (JIT-compile) a kernel, and the
-per-expert row counts change at every step: unpadded, a default training step built about 60 kernels
-and took ~7k page faults, and the churn slowed even the model's elementwise ops. Rounded to 64, the
-shapes repeat and stay in oneDNN's kernel cache; the padding costs at most 63 rows per expert
-(bench/README.md, "Rows rounded to 64 in bf16").
+per-expert row counts change at every step: unpadded, a default training step built a few dozen
+kernels (~7k page faults per step on random-byte batches), and the churn slowed even the model's
+elementwise ops. Rounded to 64, the shapes repeat and stay in oneDNN's kernel cache; the padding costs
+at most 63 rows per expert (bench/README.md, "Rows rounded to 64 in bf16").
 
 All three compute the same function; they differ only in rounding (the order of the sums). Zero
 rows change nothing: a padded run matches an unpadded one to the last bit on this CPU.

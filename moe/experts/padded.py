@@ -11,6 +11,9 @@ busiest expert's rows:
 Padded rows are zeros going in and their outputs are discarded, so they add nothing to y or to any
 gradient (their output rows get zero gradient, so nothing flows back through them into a weight or
 bias). The price is the padding: E·C rows computed for N real ones.
+
+``rounded_slots`` lays the rows out the other way GroupedExperts pads them: each expert's own rows rounded
+up to a multiple (not to the busiest expert's), the experts one after another.
 """
 
 from __future__ import annotations
@@ -29,15 +32,10 @@ def padded_slots(tokens_per_expert_E: torch.Tensor, capacity: int) -> torch.Tens
     return _slots(tokens_per_expert_E, torch.arange(E, device=device) * capacity)
 
 
-def round_up_each(counts_E: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Every count rounded up to a multiple of ``multiple`` (long)."""
-    return -(-counts_E.to(torch.long) // multiple) * multiple
-
-
 def rounded_slots(tokens_per_expert_E: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(slot_N, rows_per_expert_E): every expert's rows rounded up to a multiple of ``multiple``, the
     experts still one after another; slot_N is the row of each expert-sorted row in that layout."""
-    rows_per_expert_E = round_up_each(tokens_per_expert_E, multiple)
+    rows_per_expert_E = -(-tokens_per_expert_E.to(torch.long) // multiple) * multiple
     return _slots(tokens_per_expert_E, torch.cumsum(rows_per_expert_E, 0) - rows_per_expert_E), rows_per_expert_E
 
 
