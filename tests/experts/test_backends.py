@@ -178,9 +178,8 @@ def test_rows_reach_the_gemms_rounded_up_to_the_multiple(monkeypatch, impl):
                 "sorted_loop": [(64, D), (0, D), (128, D), (64, D), (64, D), (64, D)] + [(n, D) for n in counts],
                 "padded_bmm": [(E, 128, D), (E, 65, D)]}[impl]
     assert seen == expected
-    torch.testing.assert_close(y.float(), y_ref.float(), atol=1e-2, rtol=1e-2)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        assert rel_err(g, g_ref) < 1e-2
+    for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+        assert rel_err(got, want) < 1e-2  # bf16 rounding at most (on this CPU: equal to the last bit)
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
