@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe.experts.padded import padded_expert_outputs, round_up, rounded_slots
+from moe.experts.padded import padded_expert_outputs, round_up, rounded_slots, through_slots
 from moe.experts.swiglu import SwiGLUExperts
 
 IMPLS = ("auto", "grouped_mm", "sorted_loop", "padded_bmm")
@@ -134,10 +134,9 @@ class GroupedExperts(SwiGLUExperts):
             return padded_expert_outputs(x_ND, tokens_per_expert_E, capacity, weights, self.mlp)
         if multiple == 1:
             return self.sorted_outputs(impl, x_ND, tokens_per_expert_E, weights)
-        # index_copy into zeros: its backward is an index_select, so the zero rows get no gradient
         slot_N, rows_per_expert_E = rounded_slots(tokens_per_expert_E, multiple)
-        x_PD = x_ND.new_zeros(int(rows_per_expert_E.sum()), x_ND.shape[-1]).index_copy(0, slot_N, x_ND)
-        return self.sorted_outputs(impl, x_PD, rows_per_expert_E, weights).index_select(0, slot_N)
+        return through_slots(x_ND, slot_N, int(rows_per_expert_E.sum()),
+                             lambda x_PD: self.sorted_outputs(impl, x_PD, rows_per_expert_E, weights))
 
     def sorted_outputs(self, impl: str, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, weights) -> torch.Tensor:
         """FFN_e of every row by ``grouped_mm`` or ``sorted_loop``, the rows grouped by expert."""

@@ -49,14 +49,24 @@ def _slots(tokens_per_expert_E: torch.Tensor, first_slot_E: torch.Tensor) -> tor
     return first_slot_E[expert_N] + torch.arange(n, device=device) - starts_E[expert_N]
 
 
+def through_slots(x_ND: torch.Tensor, slot_N: torch.Tensor, num_slots: int, fn) -> torch.Tensor:
+    """fn applied to a zero buffer of ``num_slots`` rows holding row n of x_ND at slot_N[n], read back at
+    slot_N: the rows of fn's output that are real rows."""
+    # index_copy: its backward w.r.t. the source is an index_select, so the zero slots get no gradient
+    x_PD = x_ND.new_zeros(num_slots, x_ND.shape[-1]).index_copy(0, slot_N, x_ND)
+    return fn(x_PD).index_select(0, slot_N)
+
+
 def padded_expert_outputs(
     x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, capacity: int, weights, mlp
 ) -> torch.Tensor:
     """FFN_e of every expert-sorted row, computed on the zero-padded [E, C, D] buffer; ``mlp`` is the
     experts' :meth:`~moe.experts.swiglu.SwiGLUExperts.mlp`."""
     E, D = tokens_per_expert_E.shape[0], x_ND.shape[-1]
-    slot_N = padded_slots(tokens_per_expert_E, capacity)
-    # index_copy: its backward w.r.t. the source is an index_select, so padded slots get no gradient
-    x_ECD = x_ND.new_zeros(E * capacity, D).index_copy(0, slot_N, x_ND).view(E, capacity, D)
-    out_ECD = mlp(x_ECD, weights, matmul=torch.bmm, add_bias=lambda h_ECX, b_EX: h_ECX + b_EX.unsqueeze(1))
-    return out_ECD.reshape(E * capacity, D).index_select(0, slot_N)
+
+    def batched_mlp(x_PD: torch.Tensor) -> torch.Tensor:
+        out_ECD = mlp(x_PD.view(E, capacity, D), weights, matmul=torch.bmm,
+                      add_bias=lambda h_ECX, b_EX: h_ECX + b_EX.unsqueeze(1))
+        return out_ECD.reshape(E * capacity, D)
+
+    return through_slots(x_ND, padded_slots(tokens_per_expert_E, capacity), E * capacity, batched_mlp)
