@@ -50,7 +50,7 @@ from moe.analysis import collect_routing, mean_over_layers, param_counts, summar
 from moe.analysis.paired import check_pairing, paired_difference, pooled_std
 from moe.analysis.paired_init import InitialDraws, initial_weights_note
 from moe.checkpoint import read_config
-from moe.evaluation import eval_indices
+from moe.data.packing import first_per_domain
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -135,7 +135,7 @@ def run_row(run: Path, *, routing: bool, sequences_per_domain: int) -> dict:
     row["domain_mi"] = row["topk_score_sum"] = math.nan
     if routing and model.moe_layers:
         data = eval_data(run, config, [], model)
-        ids = eval_indices(data.val.domain_ids, sequences_per_domain)
+        ids = first_per_domain(data.val.domain_ids, sequences_per_domain)
         traces = collect_routing(model, data.val.input_ids[ids, :-1], data.val.domain_ids[ids])
         summaries = summarise(traces, data.domains)
         row["domain_mi"] = mean_over_layers(summaries, "domain_mi")

@@ -37,7 +37,7 @@ from model_and_data import eval_data, load
 
 from moe.analysis import collect_routing, summarise
 from moe.checkpoint import list_checkpoints
-from moe.evaluation import eval_indices
+from moe.data.packing import first_per_domain
 from moe.types import site_order
 
 SCALARS = {  # report.json key → column title
@@ -119,7 +119,7 @@ def routing_report(path: str, out: Path, overrides: list[str] | None = None, *, 
     overrides = overrides or []
     model, config = load(path, device=device)
     data = eval_data(path, config, overrides, model)
-    ids = eval_indices(data.val.domain_ids, sequences_per_domain)
+    ids = first_per_domain(data.val.domain_ids, sequences_per_domain)
     inputs, domain_ids = data.val.input_ids[ids, :-1], data.val.domain_ids[ids]
     traces = collect_routing(model, inputs, domain_ids, batch_size=batch_size, device=device)
     if not traces:

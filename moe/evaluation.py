@@ -19,12 +19,6 @@ from torch import nn
 from moe.metrics import RoutingAccumulator, RunningSums
 
 
-def eval_indices(domain_ids: torch.Tensor, sequences_per_domain: int | None) -> torch.Tensor:
-    """The first ``sequences_per_domain`` sequence indices of each domain (None: all of them), domain by domain."""
-    picks = [torch.nonzero(domain_ids == d).flatten()[:sequences_per_domain] for d in domain_ids.unique()]
-    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

@@ -54,6 +54,7 @@ class TrainerConfig:
     log_every: int
     eval_every: int
     eval_sequences_per_domain: int | None  # None: the whole validation split
+    train_sequences_per_domain: int | None  # None: the whole training split; n: the first n of each domain
     save_every: int
     keep_last: int
     resume: bool
@@ -79,9 +80,10 @@ class TrainerConfig:
         for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"trainer.{name}={value!r} must be an integer >= 1")
-        value = self.eval_sequences_per_domain
-        _require(value is None or (isinstance(value, int) and value >= 1),
-                 f"trainer.eval_sequences_per_domain={value!r} must be an integer >= 1 or null (the whole split)")
+        for name in ("eval_sequences_per_domain", "train_sequences_per_domain"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1,
+                     f"trainer.{name}={value!r} must be an integer >= 1 or null (the whole split)")
         _require(self.peak_flops is None or self.peak_flops > 0,
                  f"trainer.peak_flops={self.peak_flops!r} must be a number > 0 (FLOP/s of one device) or null "
                  f"(measure)")

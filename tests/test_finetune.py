@@ -17,7 +17,8 @@ from conftest import compose
 
 from moe import load_model
 from moe.batches import MicroBatchSchedule
-from moe.evaluation import eval_indices, evaluate
+from moe.data.packing import first_per_domain
+from moe.evaluation import evaluate
 from moe.models.build import build_model
 from moe.spec import instantiate
 from moe.training import run
@@ -172,7 +173,7 @@ def test_fine_tuning_an_hf_mixtral_trains_only_its_experts_and_reloads(chat_file
     source, tuned = load_model(hf_dir), load_model(run_dir)
     data = instantiate(saved["data"], "data")
     assert data.vocab_size == vocab
-    picks = eval_indices(data.val.domain_ids, saved["trainer"]["eval_sequences_per_domain"])
+    picks = first_per_domain(data.val.domain_ids, saved["trainer"]["eval_sequences_per_domain"])
     before = evaluate(source, data.val.input_ids[picks], data.val.domain_ids[picks], data.domains, batch_size=4,
                       device=torch.device("cpu"), loss_mask=data.val.loss_mask[picks])["val/loss"]
     assert torch.isfinite(torch.tensor(summary["val_loss"])) and summary["val_loss"] < before

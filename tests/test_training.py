@@ -10,7 +10,8 @@ import torch
 
 from moe import load_model
 from moe.checkpoint import list_checkpoints, read_config
-from moe.evaluation import eval_indices, evaluate
+from moe.data.packing import first_per_domain
+from moe.evaluation import evaluate
 from moe.spec import instantiate
 from moe.training import run
 
@@ -40,7 +41,7 @@ def test_short_run_logs_evaluates_checkpoints_and_reloads(smoke, tmp_path):
     # load_model rebuilds the final model: its val loss is the one the run reported
     model = load_model(run_dir)
     data = instantiate(read_config(run_dir / "config.yaml")["data"], "data")  # as recorded: the tokenizer resolved
-    picks = eval_indices(data.val.domain_ids, config["trainer"]["eval_sequences_per_domain"])
+    picks = first_per_domain(data.val.domain_ids, config["trainer"]["eval_sequences_per_domain"])
     reloaded = evaluate(model, data.val.input_ids[picks], data.val.domain_ids[picks], data.domains,
                         batch_size=4, device=torch.device("cpu"))
     assert reloaded["val/loss"] == pytest.approx(summary["val_loss"], rel=1e-5)

@@ -56,6 +56,19 @@ class PackedDataset(Dataset):
     def seq_len(self) -> int:
         return self.input_ids.shape[1] - 1
 
+    def subset(self, indices: torch.Tensor) -> PackedDataset:
+        """The sequences at ``indices`` [n] (long), in that order."""
+        return PackedDataset(self.input_ids[indices], self.domain_ids[indices],
+                             None if self.loss_mask is None else self.loss_mask[indices])
+
+
+def first_per_domain(domain_ids: torch.Tensor, sequences_per_domain: int | None) -> torch.Tensor:
+    """The indices of the first ``sequences_per_domain`` sequences of each domain (None: all of them),
+    domain by domain: the validation subset of ``trainer.eval_sequences_per_domain`` and the training
+    subset of ``trainer.train_sequences_per_domain``."""
+    picks = [torch.nonzero(domain_ids == d).flatten()[:sequences_per_domain] for d in domain_ids.unique()]
+    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+
 
 @dataclass
 class DataBundle:
