@@ -3,9 +3,10 @@
     .venv/bin/python bench/decode.py [--model moe_tiny | --path RUN] [--context 512] [--new 32] [--batch 1]
                                      [--bits 8] [--offload N] [--json PATH]
 
-The model is built from configs/model/NAME.yaml with ``max_seq_len`` raised to context + new, random
-weights (speed does not depend on them). ``cached``: moe.generation.generate (one prefill, then one
-token's forward per step). ``uncached``: the full sequence re-run at every step, as a model without a
+The model is built from configs/model/NAME.yaml at four blocks (bench/README.md's figures; the default
+had four until 2026-12-03) with ``max_seq_len`` raised to context + new, random weights (speed does
+not depend on them). ``cached``: moe.generation.generate (one prefill, then one token's forward per
+step). ``uncached``: the full sequence re-run at every step, as a model without a
 cache must. Both produce the same tokens (checked). Reported: new tokens per second of each, after one
 warm-up, and their ratio. ``--offload N`` runs the cached generation with the experts offloaded
 (moe/offload.py, N resident per layer) and adds its hit rate, prefetch precision and recall, bytes read per
@@ -55,7 +56,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = compose(f"model={args.model}", f"model.max_seq_len={args.context + args.new}", "logger=none")
+    config = compose(f"model={args.model}", "model.n_layers=4", f"model.max_seq_len={args.context + args.new}",
+                     "logger=none")
     model = build_model(config).eval() if args.path is None else load_model(args.path)
     if args.bits is not None:
         model = quantize_experts(model, bits=args.bits if args.bits == "ternary" else int(args.bits))

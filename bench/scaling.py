@@ -4,7 +4,8 @@ processes (EP=2) and 2 FSDP processes, with the share of time spent in all-to-al
     .venv/bin/python bench/scaling.py [--steps 60] [--json bench/results/scaling.json] [override ...]
 
 Each layout is a real launch of the training loop (``moe.training.run`` under ``torchrun --standalone``)
-on the default config (configs/train.yaml: moe_tiny, batch 8 × 256 tokens, the machine's default
+on the default config at four blocks (configs/train.yaml: moe_tiny with ``model.n_layers=4``, the default
+until 2026-12-03 and the model of bench/README.md's figures; batch 8 × 256 tokens, the machine's default
 precision), run for ``--steps`` optimizer steps; extra Hydra overrides apply to every layout.
 tokens/s = the median of the run's logged windows (10 steps each) after the first (warm-up); MFU as the
 trainer logs it. The all-to-all share = the wall time rank 0 spends inside
@@ -72,7 +73,7 @@ def launch(nproc: int, overrides: list[str], tmp: Path) -> dict:
     out = tmp / f"result-{time.monotonic_ns()}.json"
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      f"--nproc_per_node={nproc}"]
-    args = [*launcher, __file__, "--worker", str(out), *overrides]
+    args = [*launcher, __file__, "--worker", str(out), "model.n_layers=4", *overrides]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench/scaling.py: a launch failed:\n{done.stderr[-3000:]}")

@@ -9,10 +9,10 @@ same active parameters.
 
 Models, built with ``moe.models.build.build_model`` from the repository's own config files:
 
-- ``moe``: configs/model/moe_tiny.yaml (4 blocks, d_model 192, a shared expert of 384 + 16 routed experts
-  of 192, top-2) with
+- ``moe``: configs/model/moe_tiny.yaml at 4 blocks (the default until 2026-12-03; now 2), d_model 192, a
+  shared expert of 384 + 16 routed experts of 192, top-2, with
   configs/router/top_k.yaml, configs/experts/grouped.yaml (impl auto) and balance switch_aux + z_loss;
-- ``dense``: configs/model/dense_tiny.yaml (moe_tiny with num_experts 0 and FFN hidden 768 = 384 +
+- ``dense``: configs/model/dense_tiny.yaml at 4 blocks (moe_tiny with num_experts 0 and FFN hidden 768 = 384 +
   2 × 192, so the same active FFN compute per token and no router);
 - with ``--hybrids``: ``jamba``, configs/model/jamba_tiny.yaml with the same router, experts and balancers,
   and ``jamba_compiled_scan``, a copy of it whose Mamba scans run compiled (``trainer.compile_mamba``).
@@ -71,7 +71,6 @@ def model_config(name: str) -> dict:
             merged.update(model_config(parent))
     return {**merged, **spec}
 
-
 def experts_config(experts: list[str]) -> dict:
     """``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
     experts_cfg = load("experts", experts[0])
@@ -88,7 +87,8 @@ def configs(experts: list[list[str]], hybrids: bool) -> dict[str, dict]:
     shared = {"router": load("router", "top_k"), "balance": balance}
     models = {"moe" if i == 0 else f"moe[{' '.join(flags)}]": ("moe_tiny", flags) for i, flags in enumerate(experts)}
     models.update({"dense": ("dense_tiny", experts[0]), **({"jamba": ("jamba_tiny", experts[0])} if hybrids else {})})
-    return {name: {"model": model_config(file), "experts": experts_config(flags), **shared}
+    # four blocks, as every figure in bench/README.md (the default model had four until 2026-12-03)
+    return {name: {"model": {**model_config(file), "n_layers": 4}, "experts": experts_config(flags), **shared}
             for name, (file, flags) in models.items()}
 
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from moe.balance.counts import all_reduce_sum
 from moe.batches import MicroBatchSchedule
 from moe.checkpoint import begin_checkpoint, commit_checkpoint, list_checkpoints, write_config, write_text_atomic
-from moe.data.packing import first_per_domain, masked_targets
+from moe.data.packing import PackedDataset, first_per_domain, masked_targets
 from moe.evaluation import evaluate
 from moe.finetune import freeze_parameters
 from moe.flops import measure_peak_flops, training_flops_per_token
@@ -73,10 +73,14 @@ class Trainer:
         config = self.plan.config
         set_seed(self.plan.trainer.seed)
         self.data = instantiate(config["data"], "data")
-        if self.plan.trainer.train_sequences_per_domain is not None:
+        per_domain = self.plan.trainer.train_sequences_per_domain
+        if per_domain is not None:
             # the first n of each domain in packing order: every seed reads the same sequences, in its own order
+            if not isinstance(self.data.train, PackedDataset):
+                raise ValueError(f"trainer.train_sequences_per_domain={per_domain} needs in-memory data "
+                                 f"(data=embedded, hf or chat), not token shards (data=tokens): set it to null")
             self.data = dataclasses.replace(self.data, train=self.data.train.subset(
-                first_per_domain(self.data.train.domain_ids, self.plan.trainer.train_sequences_per_domain)))
+                first_per_domain(self.data.train.domain_ids, per_domain)))
         model = build_model(config)
         if self.plan.resume_from is None:  # a resumed run takes its weights from the checkpoint
             instantiate(config.get("init") or {"_target_": "moe.upcycle.FromScratch"}, "init")(model)
@@ -124,8 +128,10 @@ class Trainer:
         self.peak_flops = self._peak_flops()
         # batch_size is the global micro-batch (every rank reads its share of it: moe/batches.py)
         self.tokens_per_micro_step = trainer.batch_size * (data.train.input_ids.shape[1] - 1)
-        val = data.val.subset(first_per_domain(data.val.domain_ids, trainer.eval_sequences_per_domain))
-        self.val = (val.input_ids, val.domain_ids, val.loss_mask)  # the same subset at every eval
+        # the same subset at every eval
+        val_ids = first_per_domain(data.val.domain_ids, trainer.eval_sequences_per_domain)
+        self.val = (data.val.input_ids[val_ids], data.val.domain_ids[val_ids],
+                    None if data.val.loss_mask is None else data.val.loss_mask[val_ids])
 
     def _peak_flops(self) -> float:
         """The MFU denominator: every rank's peak FLOP/s summed (trainer.peak_flops × ranks, or each rank's

@@ -42,7 +42,8 @@ def test_missing_data_file_names_the_path(smoke, tmp_path):
         ("optim.decay_shape=cos", r"optim.decay_shape='cos' is not one of \('sqrt', 'linear'\)"),
         ("trainer.batch_size=100000", "trainer.batch_size=100000 exceeds"),
         ("trainer.eval_sequences_per_domain=0", r"trainer.eval_sequences_per_domain=0 must be an integer >= 1 or null"),
-        ("trainer.train_sequences_per_domain=0", r"trainer.train_sequences_per_domain=0 must be an integer >= 1 or null"),
+        ("trainer.train_sequences_per_domain=0",
+         r"trainer.train_sequences_per_domain=0 must be an integer >= 1 or null"),
         ("trainer.threads=0", r"trainer.threads=0 must be an integer >= 1 or null"),
     ],
 )

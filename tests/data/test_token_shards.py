@@ -114,3 +114,15 @@ def test_bad_input_is_one_line(corpus, tmp_path):
                            "json", "--data-files", str(tmp_path / "none.jsonl")], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == f"moe-lab: error: data.data_files: {tmp_path / 'none.jsonl'} matches no file"
+
+
+def test_a_fixed_training_subset_of_token_shards_is_a_clear_error(tmp_path, corpus):
+    from conftest import compose
+
+    from moe.training import run
+
+    config = compose("experiment=smoke", "logger=none", "data=tokens", f"data.path={corpus / 'one'}",
+                     "model.max_seq_len=16", "trainer.train_sequences_per_domain=4", run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trainer.train_sequences_per_domain=4 needs in-memory data"):
+        run(config)
+    assert not (tmp_path / "run").exists()

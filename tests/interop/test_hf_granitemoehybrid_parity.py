@@ -43,7 +43,7 @@ def test_a_mamba2_hybrid_moe_exports_to_granite_with_its_logits(tmp_path):
     """Mamba-2 blocks around one attention block, every block MoE with a shared expert, random weights."""
     config = compose("model.d_model=32", "model.n_heads=4", "model.n_kv_heads=2", "model.expert_d_ff=24",
                      "model.shared_expert_d_ff=40", "model.num_experts=4", "model.max_seq_len=64",
-                     "model.mixer_layers=[mamba2,gqa,mamba2,mamba2]", "model.mamba_head_dim=16",
+                     "model.n_layers=4", "model.mixer_layers=[mamba2,gqa,mamba2,mamba2]", "model.mamba_head_dim=16",
                      "model.mamba_d_state=8", "++model.position=none", "model.logits_scaling=2.0")
     ours = build_model(config).eval()
     randomise_weights(ours)
