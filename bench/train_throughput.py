@@ -12,8 +12,8 @@ Models, built with ``moe.models.build.build_model`` from the repository's own co
 - ``moe``: configs/model/moe_tiny.yaml at 4 blocks (the default until 2026-12-03; now 2), d_model 192, a
   shared expert of 384 + 16 routed experts of 192, top-2, with
   configs/router/top_k.yaml, configs/experts/grouped.yaml (impl auto) and balance switch_aux + z_loss;
-- ``dense``: configs/model/dense_tiny.yaml at 4 blocks (moe_tiny with num_experts 0 and FFN hidden 768 = 384 +
-  2 × 192, so the same active FFN compute per token and no router);
+- ``dense``: configs/model/dense_tiny.yaml at 4 blocks (moe_tiny with num_experts 0 and FFN hidden
+  768 = 384 + 2 × 192, so the same active FFN compute per token and no router);
 - with ``--hybrids``: ``jamba``, configs/model/jamba_tiny.yaml with the same router, experts and balancers,
   and ``jamba_compiled_scan``, a copy of it whose Mamba scans run compiled (``trainer.compile_mamba``).
 
@@ -70,6 +70,7 @@ def model_config(name: str) -> dict:
         if parent != "_self_":
             merged.update(model_config(parent))
     return {**merged, **spec}
+
 
 def experts_config(experts: list[str]) -> dict:
     """``experts`` = [a configs/experts name, KEY=VALUE overrides of it...]."""
