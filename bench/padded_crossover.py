@@ -27,7 +27,7 @@ import torch
 from allocator import restart_with_allocator_env
 
 from moe.experts import GroupedExperts
-from moe.experts.padded import round_up
+from moe.experts.padded import round_up, rounded_slots
 from moe.types import Routing
 
 
@@ -87,7 +87,7 @@ def main() -> None:
                 if i >= args.warmup:
                     times[name].append(seconds)
             shares.append(float(counts_E.max()) / n)
-            rounded.append(sum(round_up(int(c), 64) for c in counts_E) / n)
+            rounded.append(int(rounded_slots(counts_E, 64)[1].sum()) / n)
             padded.append(args.E * round_up(int(counts_E.max()), 64) / n)
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         row = {"zipf": s, "max_share": statistics.median(shares), "rounded_rows": statistics.median(rounded),
